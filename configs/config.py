@@ -1,0 +1,206 @@
+"""Load, validate and freeze the configuration; compute the values derived from it.
+
+`get_config` reads a YAML file (following `BASE:` includes relative to the including file), applies
+`KEY VALUE` overrides and returns a frozen yacs CfgNode. Values that depend on the run (scaled learning
+rates, number of classes, run directory) are never written back: `derive` returns them as a `Derived`.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from configs.defaults import get_defaults
+
+
+class ConfigError(ValueError):
+    """A configuration the user wrote cannot be used; the message says which key or file and why."""
+
+
+def _all_keys(node: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, CN):
+            keys.extend(_all_keys(v, full + "."))
+    return keys
+
+
+def _unknown_key(key: str, valid: CN, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(valid), n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]}?" if close else " Run `python main.py --print-config` to list every key."
+    return ConfigError(f"Unknown config key {key} (from {source}).{hint}")
+
+
+def _read_yaml(path: str, stack: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """Return [(file, mapping), ...] in merge order: the BASE files first (depth first), then `path`."""
+    path = os.path.abspath(path)
+    if path in stack:
+        chain = " -> ".join(stack + (path,))
+        raise ConfigError(f"BASE cycle in config files: {chain}. Remove one of the includes.")
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file not found: {path}. Pass an existing YAML file to --cfg.")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path} is not valid YAML (only plain YAML, no Python tags): {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of keys, not {type(data).__name__}.")
+    out: list[tuple[str, dict]] = []
+    for base in data.pop("BASE", None) or []:
+        if base:
+            out.extend(_read_yaml(os.path.join(os.path.dirname(path), base), stack + (path,)))
+    out.append((path, data))
+    return out
+
+
+def _merge(cfg: CN, data: dict, source: str, prefix: str = "") -> None:
+    """Merge a nested mapping into cfg, checking keys and coercing types like yacs, with clear errors."""
+    for k, v in data.items():
+        full = f"{prefix}{k}"
+        if k not in cfg:
+            raise _unknown_key(full, get_defaults(), source)
+        if isinstance(cfg[k], CN):
+            if not isinstance(v, dict):
+                raise ConfigError(f"Config key {full} (from {source}) is a section; give it a mapping, not {v!r}.")
+            _merge(cfg[k], v, source, full + ".")
+        else:
+            cfg[k] = _coerce(full, cfg[k], v, source)
+
+
+def _coerce(key: str, default: Any, value: Any, source: str) -> Any:
+    if isinstance(value, str) and not isinstance(default, str):
+        try:  # "1e-8" from YAML, "[2, 2]" or "True" from the command line
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) != isinstance(value, bool):
+        raise _type_error(key, default, value, source)
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(default)(value)
+    if not isinstance(value, type(default)):
+        raise _type_error(key, default, value, source)
+    return value
+
+
+def _type_error(key: str, default: Any, value: Any, source: str) -> ConfigError:
+    return ConfigError(
+        f"Config key {key} (from {source}) expects {type(default).__name__} like {default!r}, "
+        f"got {type(value).__name__} {value!r}."
+    )
+
+
+def _opts_to_dict(opts: Sequence[str]) -> dict:
+    if len(opts) % 2:
+        raise ConfigError(f"--opts needs KEY VALUE pairs; got an odd number of items: {list(opts)}")
+    nested: dict = {}
+    for key, value in zip(opts[0::2], opts[1::2]):
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--opts key {key} goes through a value, not a section.")
+        node[leaf] = value
+    return nested
+
+
+def get_config(cfg_file: str | None = None, opts: Iterable[str] | None = None) -> CN:
+    """Defaults <- cfg_file (with its BASE files) <- opts; validated and frozen."""
+    cfg = get_defaults()
+    if cfg_file:
+        for path, data in _read_yaml(cfg_file, ()):
+            _merge(cfg, data, path)
+    opts = list(opts or [])
+    if opts:
+        for key in opts[0::2]:
+            if key.upper() == "BASE":
+                raise ConfigError("BASE cannot be set with --opts; use --cfg.")
+        _merge(cfg, _opts_to_dict(opts), "--opts")
+    _validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def _validate(cfg: CN) -> None:
+    choices = {
+        "DATA.DATASET": ("imagenet", "imagenet22K", "fashion_mnist", "synthetic"),
+        "DATA.CACHE_MODE": ("no", "part", "full"),
+        "DATA.ON_CORRUPT": ("error", "skip"),
+        "MODEL.TYPE": ("swin", "timm"),
+        "MODEL.SWIN.ATTN_IMPL": ("auto", "eager", "sdpa"),
+        "TRAIN.LR_SCHEDULER.NAME": ("cosine", "step", "multistep"),
+        "TRAIN.OPTIMIZER.NAME": ("adamw", "sgd"),
+        "AUG.MIXUP_MODE": ("batch", "pair", "elem"),
+        "AMP_DTYPE": ("auto", "bfloat16", "float16"),
+    }
+    for key, allowed in choices.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value not in allowed:
+            raise ConfigError(f"Config key {key} is {value!r}; choose one of {', '.join(allowed)}.")
+    if cfg.TRAIN.ACCUMULATION_STEPS < 1:
+        raise ConfigError(f"TRAIN.ACCUMULATION_STEPS must be >= 1, got {cfg.TRAIN.ACCUMULATION_STEPS}.")
+    if cfg.DATA.BATCH_SIZE < 1:
+        raise ConfigError(f"DATA.BATCH_SIZE must be >= 1, got {cfg.DATA.BATCH_SIZE}.")
+    if cfg.AMP_OPT_LEVEL:
+        raise ConfigError("AMP_OPT_LEVEL (apex) is not supported; remove it and use AMP_ENABLE / AMP_DTYPE.")
+    if cfg.TRAIN.LAYER_DECAY != 1.0:
+        raise ConfigError("TRAIN.LAYER_DECAY other than 1.0 is not supported by Swin v1 training; set it to 1.0.")
+    if len(cfg.MODEL.SWIN.DEPTHS) != len(cfg.MODEL.SWIN.NUM_HEADS):
+        raise ConfigError(
+            f"MODEL.SWIN.DEPTHS {cfg.MODEL.SWIN.DEPTHS} and MODEL.SWIN.NUM_HEADS {cfg.MODEL.SWIN.NUM_HEADS} "
+            "must have one entry per stage."
+        )
+
+
+def dump_config(cfg: CN) -> str:
+    """The resolved config as YAML: what --print-config prints and what config.yaml in a run holds."""
+    return cfg.dump(sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Values computed from the config and the run; logged and saved, never written into the config."""
+
+    world_size: int  # number of processes
+    total_batch: int  # images per optimizer update: BATCH_SIZE x world_size x ACCUMULATION_STEPS
+    base_lr: float  # TRAIN.BASE_LR x BATCH_SIZE x world_size / 512 x ACCUMULATION_STEPS
+    warmup_lr: float  # TRAIN.WARMUP_LR scaled the same way
+    min_lr: float  # TRAIN.MIN_LR scaled the same way
+    num_classes: int  # classifier outputs (from the data when known)
+    run_dir: str  # <OUTPUT>/<MODEL.NAME>/<TAG>
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def scale_lr(value: float, batch_size: int, world_size: int, accumulation_steps: int) -> float:
+    """The official linear scaling rule: per-512 value -> value for this total batch."""
+    return value * batch_size * world_size / 512.0 * accumulation_steps
+
+
+def derive(cfg: CN, world_size: int = 1, num_classes: int | None = None) -> Derived:
+    """Compute the derived values for a run with `world_size` processes."""
+    bs, acc = cfg.DATA.BATCH_SIZE, cfg.TRAIN.ACCUMULATION_STEPS
+    return Derived(
+        world_size=world_size,
+        total_batch=bs * world_size * acc,
+        base_lr=scale_lr(cfg.TRAIN.BASE_LR, bs, world_size, acc),
+        warmup_lr=scale_lr(cfg.TRAIN.WARMUP_LR, bs, world_size, acc),
+        min_lr=scale_lr(cfg.TRAIN.MIN_LR, bs, world_size, acc),
+        num_classes=cfg.MODEL.NUM_CLASSES if num_classes is None else num_classes,
+        run_dir=os.path.join(cfg.OUTPUT, cfg.MODEL.NAME, cfg.TAG),
+    )
