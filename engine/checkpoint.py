@@ -1,0 +1,248 @@
+"""The checkpoint format: atomic saves, safe loads, auto-resume, pruning and the random-number state.
+
+A checkpoint is a dict of plain tensors, numbers, strings, lists and dicts (the config as YAML text), so it
+always loads with `torch.load(..., weights_only=True)`: nothing in a checkpoint is ever run as code.
+Files are named like the official release (`ckpt_epoch_<N>.pth`) and written atomically: a crash, a kill or a
+full disk half way through leaves the previous file under that name untouched and no partial file behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import re
+import tempfile
+import zipfile
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+_CKPT_RE = re.compile(r"^ckpt_epoch_(\d+)\.pth$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or written; the message names the file and what to do."""
+
+
+def checkpoint_path(run_dir: str, epoch: int) -> str:
+    """The official file name of the checkpoint written after `epoch`: <run_dir>/ckpt_epoch_<epoch>.pth."""
+    return os.path.join(run_dir, f"ckpt_epoch_{epoch}.pth")
+
+
+def _named_tensors(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _named_tensors(v, f"{prefix}.{k}")
+
+
+def _check_finite(state: dict, path: str) -> None:
+    # Weights (and their EMA) only: optimizer moments or a scaler may legitimately hold inf.
+    for section in ("model", "ema"):
+        for name, t in _named_tensors(state.get(section), section):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CheckpointError(
+                    f"Refusing to write checkpoint {path}: tensor {name} holds NaN or Inf values. "
+                    "The run has diverged; resume from an earlier checkpoint with a lower learning rate "
+                    "(or AMP off) instead."
+                )
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems (network, tmpfs variants) do not support fsync on directories
+    finally:
+        os.close(fd)
+
+
+def _os_error_behind(e: BaseException) -> OSError | None:
+    """The OSError that caused `e`, if any (torch.save turns a failed write into a RuntimeError)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write `state` to `path` atomically (temp file, fsync, rename, fsync the directory).
+
+    Raises CheckpointError when a floating tensor in state['model'] (or state['ema']) is NaN/Inf, and
+    re-raises any write error (e.g. OSError ENOSPC) after removing the temp file; the file previously under
+    `path`, if any, is left intact in every failure case.
+    """
+    _check_finite(state, path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # includes KeyboardInterrupt: never leave a partial temp file behind
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        cause = _os_error_behind(e)
+        if cause is not None and cause is not e:
+            raise cause from e  # torch's zip writer hides e.g. ENOSPC behind "unexpected pos"
+        raise
+    _fsync_dir(directory)
+
+
+def load_checkpoint(path: str, mmap: bool = False) -> dict:
+    """Load a checkpoint on CPU with weights_only=True; any failure becomes one CheckpointError naming `path`.
+
+    `mmap=True` maps tensor storages instead of reading them (a cheap integrity probe for large files);
+    files in the legacy (non-zip) format are read normally.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"Checkpoint {path} does not exist. Check the path given to --resume/--pretrained."
+        ) from None
+    except IsADirectoryError:
+        raise CheckpointError(f"Checkpoint {path} is a directory; pass the .pth file inside it.") from None
+    except pickle.UnpicklingError as e:
+        # torch's message tells the user to retry with weights_only=False; keep only the offending global.
+        why = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
+        raise CheckpointError(
+            f"Checkpoint {path} holds Python objects other than tensors and plain data, so it was not loaded "
+            f"and nothing in it was run{f' ({why})' if why else ''}. Only use files you trust, saved as plain "
+            "state dicts."
+        ) from None
+    except PermissionError:
+        raise CheckpointError(f"Checkpoint {path} cannot be read: permission denied.") from None
+    except Exception as e:
+        # A truncated zip is not recognised as one, and the legacy unpickler then fails with any error type.
+        raise CheckpointError(
+            f"Checkpoint {path} is truncated or corrupt ({type(e).__name__}: {_first_line(e)}). "
+            "Delete it or use an earlier checkpoint."
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"Checkpoint {path} holds a {type(obj).__name__}, not a dict; expected a state dict or "
+            "{'model': state_dict, ...}."
+        )
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _epoch_checkpoints(run_dir: str) -> list[tuple[int, str]]:
+    """[(epoch, path)] of the ckpt_epoch_<N>.pth files in run_dir, newest (highest N) first."""
+    try:
+        names = os.listdir(run_dir)
+    except FileNotFoundError:
+        return []
+    found = [(int(m.group(1)), os.path.join(run_dir, n)) for n in names if (m := _CKPT_RE.match(n))]
+    return sorted(found, reverse=True)
+
+
+def _loads(path: str) -> bool:
+    try:
+        load_checkpoint(path, mmap=True)
+    except CheckpointError as e:
+        log.warning("Skipping unreadable checkpoint: %s", e)
+        return False
+    return True
+
+
+def find_resume_checkpoint(run_dir: str) -> str | None:
+    """The newest ckpt_epoch_<N>.pth in run_dir (by N) that loads; broken ones are skipped with a warning.
+
+    Returns None when the directory holds no loadable checkpoint. The probe memory-maps the file, so it
+    costs little even for large checkpoints; load the returned path with `load_checkpoint`.
+    """
+    for _, path in _epoch_checkpoints(run_dir):
+        if _loads(path):
+            return path
+    return None
+
+
+def prune_checkpoints(run_dir: str, keep_last: int, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Delete ckpt_epoch_*.pth files beyond the newest `keep_last`; return the deleted paths.
+
+    Never deletes a path in `keep` (e.g. the best checkpoint) nor the newest checkpoint that loads (so a
+    damaged newest file can never leave the run without a resumable checkpoint).
+    """
+    found = _epoch_checkpoints(run_dir)
+    protected = {os.path.realpath(p) for p in keep}
+    protected.update(os.path.realpath(p) for _, p in found[: max(keep_last, 0)])
+    newest_good = next((p for _, p in found if _loads(p)), None)
+    if newest_good is not None:
+        protected.add(os.path.realpath(newest_good))
+    deleted = []
+    for _, path in found:
+        if os.path.realpath(path) not in protected:
+            os.remove(path)
+            deleted.append(path)
+    if deleted:
+        log.info("Removed old checkpoints: %s", ", ".join(os.path.basename(p) for p in deleted))
+    return deleted
+
+
+def capture_rng_state() -> dict:
+    """This process's random-number state (python, numpy, torch CPU, every CUDA device) as plain data.
+
+    Everything is a list, number or tensor so the checkpoint still loads with weights_only=True.
+    """
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": {
+            "bit_generator": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Restore what `capture_rng_state` returned, so the following random numbers repeat exactly."""
+    version, mt, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in mt), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["bit_generator"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"].to(torch.uint8))
+    saved_cuda = state.get("cuda")
+    if saved_cuda and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if len(saved_cuda) != count:
+            log.warning(
+                "Checkpoint holds CUDA RNG states for %d devices, this process sees %d; restoring the first %d.",
+                len(saved_cuda), count, min(count, len(saved_cuda)),
+            )
+        for i, s in enumerate(saved_cuda[:count]):
+            torch.cuda.set_rng_state(s.to(torch.uint8), device=i)
+    elif saved_cuda:
+        log.warning("Checkpoint holds CUDA RNG states but CUDA is not available; they are not restored.")
