@@ -1,0 +1,154 @@
+"""Config -> data sets, samplers and DataLoaders: the one entry point the engine uses (`build_loaders`).
+
+Engine contract:
+- before every training epoch call `loaders.train_sampler.set_epoch(epoch)` (mid-epoch resume:
+  `set_epoch(epoch, start_index=k)` skips this rank's first k samples; `len(train_loader)` then counts the
+  remaining batches, `train_sampler.num_samples // BATCH_SIZE` is the full epoch). Sample order and every
+  augmentation are then a pure function of (SEED, epoch, rank, position) -- see data/samplers.py.
+- after every epoch read `corrupt_count(loaders.train_set)` (images skipped with DATA.ON_CORRUPT skip,
+  counted in all worker processes of this rank since the last `reset_corrupt_count`), sum it over ranks.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from data.errors import DataError, NumClassesMismatchError
+from data.folder import FolderDataset
+from data.mixup import build_mixup
+from data.samplers import DistributedTrainSampler, ExactEvalSampler, RASampler, ShardTrainSampler
+from data.synthetic import SyntheticDataset
+from data.transforms import build_transform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaders:
+    """Everything the engine needs from the data side."""
+
+    train_set: Dataset | None
+    val_set: Dataset
+    train_loader: DataLoader | None
+    val_loader: DataLoader
+    train_sampler: Sampler | None  # has set_epoch(epoch, start_index=0)
+    mixup_fn: Callable | None  # timm Mixup or None; applied on the device: x, y = mixup_fn(x, y)
+    num_classes: int
+
+
+def corrupt_count(dataset: Dataset) -> int:
+    """Corrupt images skipped by `dataset` in every process of this rank since its last reset."""
+    fn = getattr(dataset, "corrupt_count", None)
+    return int(fn()) if fn is not None else 0
+
+
+def reset_corrupt_count(dataset: Dataset) -> None:
+    """Zero the corrupt-image counter of `dataset` (e.g. at the start of an epoch)."""
+    fn = getattr(dataset, "reset_corrupt_count", None)
+    if fn is not None:
+        fn()
+
+
+def build_dataset(is_train: bool, cfg) -> tuple[Dataset, int]:
+    """The training or validation split chosen by DATA.DATASET and DATA.DATA_PATH, and its class count."""
+    name = cfg.DATA.DATASET
+    if name == "synthetic":
+        size = cfg.DATA.SYNTHETIC_TRAIN_SIZE if is_train else cfg.DATA.SYNTHETIC_VAL_SIZE
+        n = cfg.MODEL.NUM_CLASSES
+        return SyntheticDataset(size, n, cfg.DATA.IMG_SIZE, split=0 if is_train else 1), n
+    transform = build_transform(is_train, cfg)
+    on_corrupt = cfg.DATA.ON_CORRUPT
+    if name == "imagenet":
+        if cfg.DATA.ZIP_MODE:
+            from data.zipped import ZipMapDataset
+
+            ds = ZipMapDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt,
+                               cache_mode=cfg.DATA.CACHE_MODE)
+            return ds, ds.num_classes
+        ds = FolderDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt)
+        return ds, ds.num_classes
+    if name == "imagenet22K":
+        from data.imagenet22k import IN22KDataset
+
+        ds = IN22KDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt)
+        return ds, ds.num_classes
+    if name == "fashion_mnist":
+        from data.fashion_mnist import FashionMNIST
+
+        ds = FashionMNIST(cfg.DATA.DATA_PATH, is_train, transform, on_corrupt)
+        return ds, ds.num_classes
+    raise DataError(f"DATA.DATASET {name!r} is unknown; choose imagenet, imagenet22K, fashion_mnist or synthetic.")
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed python/numpy from torch's per-worker seed (itself derived from the loader generator)."""
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def _loader(cfg, dataset: Dataset, sampler: Sampler, device: torch.device, train: bool, rank: int) -> DataLoader:
+    workers = cfg.DATA.NUM_WORKERS
+    extra = {}
+    if workers > 0:
+        extra = dict(persistent_workers=cfg.DATA.PERSISTENT_WORKERS, prefetch_factor=cfg.DATA.PREFETCH_FACTOR,
+                     worker_init_fn=_seed_worker)
+    g = torch.Generator()
+    g.manual_seed(cfg.SEED + rank)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.DATA.BATCH_SIZE,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=bool(cfg.DATA.PIN_MEMORY and device.type == "cuda"),
+        drop_last=train,
+        generator=g,
+        **extra,
+    )
+
+
+def _train_sampler(cfg, dataset: Dataset, rank: int, world_size: int) -> Sampler:
+    n = len(dataset)
+    if cfg.AUG.REPEATED_AUG:
+        return RASampler(n, world_size, rank, cfg.SEED, cfg.AUG.REPEATED_AUG_REPEATS)
+    if cfg.DATA.ZIP_MODE and cfg.DATA.CACHE_MODE == "part" and cfg.DATA.DATASET == "imagenet":
+        return ShardTrainSampler(n, world_size, rank, cfg.SEED)
+    return DistributedTrainSampler(n, world_size, rank, cfg.SEED)
+
+
+def _check_classes(cfg, num_classes: int) -> None:
+    if cfg.MODEL.NUM_CLASSES != num_classes:
+        raise NumClassesMismatchError(
+            f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but the data set {cfg.DATA.DATASET} at "
+            f"'{cfg.DATA.DATA_PATH}' has {num_classes} classes; set MODEL.NUM_CLASSES {num_classes} "
+            "(or point DATA.DATA_PATH at the intended data)."
+        )
+
+
+def build_loaders(cfg, rank: int, world_size: int, device: torch.device, eval_only: bool = False) -> Loaders:
+    """Data sets, samplers, loaders and mixup for this rank. Raises DataError subclasses on bad data/config."""
+    train_set = train_loader = train_sampler = mixup_fn = None
+    if not eval_only:
+        train_set, num_classes = build_dataset(True, cfg)
+        _check_classes(cfg, num_classes)
+        mixup_fn = build_mixup(cfg, num_classes)
+        train_sampler = _train_sampler(cfg, train_set, rank, world_size)
+        if len(train_sampler) < cfg.DATA.BATCH_SIZE:
+            raise DataError(
+                f"Rank {rank} gets {len(train_sampler)} training images per epoch, fewer than DATA.BATCH_SIZE "
+                f"{cfg.DATA.BATCH_SIZE}, so no full batch exists; lower DATA.BATCH_SIZE or add data."
+            )
+        train_loader = _loader(cfg, train_set, train_sampler, device, True, rank)
+    val_set, val_classes = build_dataset(False, cfg)
+    _check_classes(cfg, val_classes)
+    val_sampler = ExactEvalSampler(len(val_set), world_size, rank)
+    val_loader = _loader(cfg, val_set, val_sampler, device, False, rank)
+    log.info("Data %s: %s train / %d val images, %d classes, rank %d of %d", cfg.DATA.DATASET,
+             "-" if train_set is None else len(train_set), len(val_set), val_classes, rank, world_size)
+    return Loaders(train_set, val_set, train_loader, val_loader, train_sampler, mixup_fn, val_classes)

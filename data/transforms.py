@@ -1,0 +1,67 @@
+"""Training and evaluation transforms, matching the official Swin `build_transform` (via timm)."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.transforms import str_to_interp_mode
+from torchvision import transforms
+
+log = logging.getLogger(__name__)
+
+
+def _color_jitter(cfg) -> float | None:
+    return cfg.AUG.COLOR_JITTER if cfg.AUG.COLOR_JITTER > 0 else None
+
+
+def _auto_augment(cfg) -> str | None:
+    aa = cfg.AUG.AUTO_AUGMENT
+    return None if not aa or aa.lower() == "none" else aa
+
+
+def _warn_jitter_ignored(cfg) -> None:
+    """timm drops ColorJitter when RandAugment is on (unless the policy has '3a'); said once per training
+    transform, which a run builds once."""
+    aa = _auto_augment(cfg)
+    if aa and _color_jitter(cfg) is not None and "3a" not in aa:
+        log.warning("AUG.COLOR_JITTER=%s is a no-op while AUG.AUTO_AUGMENT=%s is on (as in timm and the official "
+                    "release); set AUG.AUTO_AUGMENT none to use colour jitter.", cfg.AUG.COLOR_JITTER, aa)
+
+
+def build_transform(is_train: bool, cfg) -> Callable:
+    """PIL RGB image -> normalized float tensor 3 x IMG_SIZE x IMG_SIZE, as the official release builds it."""
+    size = cfg.DATA.IMG_SIZE
+    resize_im = size > 32
+    if is_train:
+        _warn_jitter_ignored(cfg)
+        t = create_transform(
+            input_size=size,
+            is_training=True,
+            color_jitter=_color_jitter(cfg),
+            auto_augment=_auto_augment(cfg),
+            re_prob=cfg.AUG.REPROB,
+            re_mode=cfg.AUG.REMODE,
+            re_count=cfg.AUG.RECOUNT,
+            interpolation=cfg.DATA.INTERPOLATION,
+            mean=IMAGENET_DEFAULT_MEAN,
+            std=IMAGENET_DEFAULT_STD,
+        )
+        if not resize_im:  # small images (CIFAR-like): padded random crop instead of RandomResizedCrop
+            t.transforms[0] = transforms.RandomCrop(size, padding=4)
+        return t
+
+    # The official eval resize maps 'random' (a training-only choice) to bilinear.
+    interp = str_to_interp_mode("bilinear" if cfg.DATA.INTERPOLATION == "random" else cfg.DATA.INTERPOLATION)
+    t: list = []
+    if resize_im:
+        if cfg.TEST.CROP:
+            t += [transforms.Resize(int((256 / 224) * size), interpolation=interp), transforms.CenterCrop(size)]
+        else:
+            t.append(transforms.Resize((size, size), interpolation=interp))
+    else:
+        # Official: no resize. The center crop is a no-op at the native size and makes 28x28 Fashion-MNIST
+        # collate at IMG_SIZE 32 too (padding like the training crop).
+        t.append(transforms.CenterCrop(size))
+    t += [transforms.ToTensor(), transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
+    return transforms.Compose(t)
