@@ -1,0 +1,121 @@
+"""Window multi-head self-attention with relative position bias (W-MSA / SW-MSA).
+
+Two kernels give the same result: "eager" follows the official operation order (q * scale, q @ k^T, + bias,
++ mask, softmax, @ v) and "sdpa" calls F.scaled_dot_product_attention with the bias and the shift mask
+combined into one additive mask. The combined bias is cached per (mask, dtype, device, table version) and
+only rebuilt when the table must receive gradients, so inference pays for the table gather once.
+"""
+import logging
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .window import relative_position_index
+
+log = logging.getLogger(__name__)
+
+ATTN_IMPLS = ("eager", "sdpa")
+_CACHE_SIZE = 8  # distinct (size, dtype, device) entries kept per block; more means sizes keep changing
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows of wh x ww tokens.
+
+    Input (B * nW, N, C) windows, N = wh * ww; output the same shape. The optional mask (nW, N, N) is the
+    additive shift mask of the block (see window.shifted_window_mask).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: Tuple[int, int],
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        *,
+        rel_pos_bias: bool = True,
+        attn_impl: str = "eager",
+    ) -> None:
+        super().__init__()
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.num_heads, self.window = dim, num_heads, tuple(window)
+        head_dim = dim // num_heads
+        self.scale = qk_scale or head_dim**-0.5
+        self.attn_impl = attn_impl
+        if rel_pos_bias:
+            wh, ww = self.window
+            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
+            # derived from the window size, so never saved and never required when loading
+            self.register_buffer("relative_position_index", relative_position_index(self.window), persistent=False)
+        else:
+            self.relative_position_bias_table = None
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self._cache: Dict[tuple, torch.Tensor] = {}
+
+    def relative_bias(self) -> torch.Tensor:
+        """The bias of every head for every token pair: (heads, N, N), differentiable w.r.t. the table."""
+        n = self.window[0] * self.window[1]
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # N*N, heads
+        return bias.view(n, n, -1).permute(2, 0, 1)  # heads, N, N
+
+    def attn_bias(
+        self, mask: Optional[torch.Tensor], mask_key: tuple, dtype: torch.dtype
+    ) -> Optional[torch.Tensor]:
+        """Relative bias plus shift mask as one additive tensor: (nW or 1, heads or 1, N, N), or None."""
+        table = self.relative_position_bias_table
+        if table is None:
+            return None if mask is None else mask.to(dtype).unsqueeze(1)  # nW, 1, N, N
+        if table.requires_grad and torch.is_grad_enabled():
+            return self._combine(mask, dtype)  # must stay in the autograd graph: not cached
+        key = (mask_key, dtype, table.device, table.data_ptr(), table._version)
+        bias = self._cache.get(key)
+        if bias is None:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            with torch.no_grad():
+                bias = self._cache[key] = self._combine(mask, dtype)
+        return bias
+
+    def _combine(self, mask: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        bias = self.relative_bias().unsqueeze(0)  # 1, heads, N, N
+        if mask is not None:
+            bias = bias + mask.unsqueeze(1)  # nW, heads, N, N
+        return bias.to(dtype)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, mask_key: tuple = ()) -> torch.Tensor:
+        """x: (B * nW, N, C); mask: (nW, N, N) or None; mask_key identifies the mask for the cache."""
+        b_, n, c = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(x).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # 3, B*nW, heads, N, hd
+        q, k, v = qkv.unbind(0)  # each B*nW, heads, N, hd
+        drop = self.attn_drop if self.training else 0.0
+        if self.attn_impl == "sdpa":
+            bias = self.attn_bias(mask, mask_key, q.dtype)
+            if bias is not None and bias.shape[0] > 1:
+                nw = bias.shape[0]
+                # (B, nW, heads, N, hd) lets the (nW, heads, N, N) mask broadcast over images without copies
+                q, k, v = (t.view(-1, nw, heads, n, c // heads) for t in (q, k, v))  # B, nW, heads, N, hd
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=self.scale)
+            x = x.reshape(b_, heads, n, c // heads)  # B*nW, heads, N, hd
+        else:
+            # the bias stays in the table's dtype, so under autocast the logits are promoted as officially
+            bias = self.attn_bias(mask, mask_key, self.qkv.weight.dtype if self.relative_position_bias_table is None
+                                  else self.relative_position_bias_table.dtype)
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # B*nW, heads, N, N
+            if bias is not None:
+                nw = bias.shape[0]
+                attn = (attn.view(-1, nw, heads, n, n) + bias).view(b_, heads, n, n)  # B*nW, heads, N, N
+            attn = F.dropout(attn.softmax(dim=-1), p=drop)
+            x = attn @ v  # B*nW, heads, N, hd
+        x = x.transpose(1, 2).reshape(b_, n, c)  # B*nW, N, C
+        return self.proj_drop(self.proj(x))

@@ -1,0 +1,45 @@
+"""The one mapping from the config to a model's keyword arguments."""
+import logging
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from .swin import SwinTransformer
+
+log = logging.getLogger(__name__)
+
+
+def resolve_attn_impl(attn_impl: str, device: Optional[torch.device]) -> str:
+    """"auto" picks the kernel per device: eager on CPU, SDPA on accelerators."""
+    if attn_impl != "auto":
+        return attn_impl
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return "eager" if device.type == "cpu" else "sdpa"
+
+
+def swin_kwargs(cfg: Any, device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """SwinTransformer keyword arguments from cfg.MODEL.SWIN.*, MODEL.*, DATA.IMG_SIZE and TRAIN.USE_CHECKPOINT."""
+    s = cfg.MODEL.SWIN
+    return dict(
+        img_size=cfg.DATA.IMG_SIZE, patch_size=s.PATCH_SIZE, in_chans=s.IN_CHANS, num_classes=cfg.MODEL.NUM_CLASSES,
+        embed_dim=s.EMBED_DIM, depths=tuple(s.DEPTHS), num_heads=tuple(s.NUM_HEADS), window_size=s.WINDOW_SIZE,
+        mlp_ratio=s.MLP_RATIO, qkv_bias=s.QKV_BIAS, qk_scale=s.QK_SCALE, drop_rate=cfg.MODEL.DROP_RATE,
+        attn_drop_rate=0.0, drop_path_rate=cfg.MODEL.DROP_PATH_RATE, ape=s.APE, patch_norm=s.PATCH_NORM,
+        use_checkpoint=cfg.TRAIN.USE_CHECKPOINT, shift=s.get("SHIFT", True), rel_pos_bias=s.get("REL_POS_BIAS", True),
+        attn_impl=resolve_attn_impl(s.get("ATTN_IMPL", "auto"), device),
+    )
+
+
+def build_model(cfg: Any, device: Optional[torch.device] = None) -> nn.Module:
+    """The model cfg.MODEL.TYPE names: "swin" (architecture from MODEL.SWIN.*, never from MODEL.NAME) or "timm"
+    (any timm model MODEL.NAME, for the paper's baselines). `device` only chooses the attention kernel."""
+    kind = cfg.MODEL.TYPE
+    if kind == "swin":
+        return SwinTransformer(**swin_kwargs(cfg, device))
+    if kind == "timm":
+        import timm
+
+        return timm.create_model(cfg.MODEL.NAME, pretrained=False, num_classes=cfg.MODEL.NUM_CLASSES,
+                                 drop_rate=cfg.MODEL.DROP_RATE, drop_path_rate=cfg.MODEL.DROP_PATH_RATE)
+    raise ValueError(f"MODEL.TYPE must be 'swin' or 'timm', got {kind!r}")
