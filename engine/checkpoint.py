@@ -12,9 +12,9 @@ import os
 import pickle
 import random
 import re
-import tempfile
+import uuid
 import zipfile
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
@@ -77,24 +77,24 @@ def _os_error_behind(e: BaseException) -> OSError | None:
     return None
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write `state` to `path` atomically (temp file, fsync, rename, fsync the directory).
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Call write(f) on a temp file beside `path`, fsync it, rename it onto `path`, fsync the directory.
 
-    Raises CheckpointError when a floating tensor in state['model'] (or state['ema']) is NaN/Inf, and
-    re-raises any write error (e.g. OSError ENOSPC) after removing the temp file; the file previously under
-    `path`, if any, is left intact in every failure case.
+    On any error (or interrupt) the temp file is removed and the error re-raised, so `path` holds either
+    its previous content or the complete new one, never a partial file.
     """
-    _check_finite(state, path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    # os.open with mode 0o666 (not mkstemp's 0o600) so the file gets the usual umask permissions.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as e:  # includes KeyboardInterrupt: never leave a partial temp file behind
+    except BaseException as e:  # includes KeyboardInterrupt
         try:
             os.unlink(tmp)
         except FileNotFoundError:
@@ -104,6 +104,17 @@ def save_checkpoint(path: str, state: dict) -> None:
             raise cause from e  # torch's zip writer hides e.g. ENOSPC behind "unexpected pos"
         raise
     _fsync_dir(directory)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write `state` to `path` atomically (see `atomic_write`).
+
+    Raises CheckpointError when a floating tensor in state['model'] (or state['ema']) is NaN/Inf, and
+    re-raises any write error (e.g. OSError ENOSPC) after removing the temp file; the file previously under
+    `path`, if any, is left intact in every failure case.
+    """
+    _check_finite(state, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str, mmap: bool = False) -> dict:

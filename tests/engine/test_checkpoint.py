@@ -67,6 +67,15 @@ def test_save_load_round_trip_is_exact(tmp_path):
     assert _tmp_files(tmp_path / "sub") == []
 
 
+def test_saved_file_gets_umask_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        save_checkpoint(str(tmp_path / "c.pth"), _state())
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "c.pth").st_mode & 0o777 == 0o640
+
+
 def test_failed_write_keeps_old_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
     path = str(tmp_path / "ckpt_epoch_3.pth")
     old = _state(1)

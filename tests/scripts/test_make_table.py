@@ -1,0 +1,90 @@
+"""scripts/make_table.py: eval.json files -> the paper's table with published values and differences."""
+import csv
+import io
+import json
+
+import pytest
+
+from scripts import make_table
+
+
+def _record(model, img_size, params, gflops, top1_acc, **extra):
+    return {"model": model, "img_size": img_size, "params": params, "gflops": gflops, "top1_acc": top1_acc,
+            "top1_err": 100.0 - top1_acc, "top5_acc": 95.0, "top5_err": 5.0, "loss": 0.9, "num_images": 50000,
+            "checkpoint": "ckpt.pth", "pretrained": "", "ema": False, "dataset": "imagenet", **extra}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    records = {
+        "tiny": _record("swin_tiny_patch4_window7_224", 224, 28_288_354, 4.494, 81.17),
+        "b384_22k": _record("swin_base_patch4_window12_384_22kto1k_finetune", 384, 87_903_584, 47.105, 86.44,
+                            ema=True),
+        "mine": _record("my_net", 160, 1_000_000, None, 50.0),
+    }
+    for name, rec in records.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(rec))
+    return tmp_path
+
+
+def _run(capsys, *args):
+    assert make_table.main([str(a) for a in args]) == 0
+    return capsys.readouterr().out
+
+
+def test_markdown_against_the_paper(runs, capsys):
+    out = _run(capsys, runs / "tiny", runs / "b384_22k", runs / "mine")
+    lines = out.strip().splitlines()
+    assert lines[0] == ("| Method | Image size | Param (M) | published | Δ | GFLOPs | published | Δ | Top-1 err (%) | "
+                        "published | Δ | Run |")
+    assert lines[2] == f"| Swin-T | 224 | 28.3 | 29.0 | -0.7 | 4.49 | 4.5 | -0.01 | 18.83 | 18.7 | +0.13 | {runs / 'tiny'} |"
+    assert lines[3] == (f"| Swin-B (22K) (EMA) | 384 | 87.9 | 88.0 | -0.1 | 47.10 | 47.0 | +0.10 | 13.56 | 14.0 | -0.44 "
+                        f"| {runs / 'b384_22k'} |")
+    assert lines[4] == f"| my_net | 160 | 1.0 | — | — | — | — | — | 50.00 | — | — | {runs / 'mine'} |"
+    assert len(lines) == 5
+
+
+def test_csv_against_the_release_with_directory_search(runs, capsys):
+    rows = list(csv.DictReader(io.StringIO(_run(capsys, runs, "--csv", "--ref", "release"))))
+    assert [r["method"] for r in rows] == ["Swin-B (22K) (EMA)", "my_net", "Swin-T"]  # sorted run paths
+    tiny = rows[2]
+    assert (tiny["params_m"], tiny["params_m_published"], tiny["params_m_diff"]) == ("28.3", "28.0", "+0.3")
+    assert (tiny["top1_err"], tiny["top1_err_published"], tiny["top1_err_diff"]) == ("18.83", "18.8", "+0.03")
+    assert rows[0]["top1_err_published"] == "13.6" and rows[0]["gflops_published"] == "47.1"
+    assert rows[1]["top1_err_published"] == "" and rows[1]["gflops"] == ""
+
+
+def test_pretrain_detection_and_override(tmp_path):
+    rec = _record("swin_base_patch4_window7_224", 224, 87_768_224, 15.44, 85.0,
+                  checkpoint="/w/swin_base_patch4_window7_224_22kto1k.pth")
+    assert make_table.pretrain_of(rec) == "22K"
+    assert make_table.published_for(rec, "paper", "auto").top1_err == pytest.approx(14.8)  # release: 85.2
+    assert make_table.published_for(rec, "paper", "1K").top1_err == 16.7
+    assert make_table.published_for({**rec, "img_size": 256}, "paper", "auto") is None
+    assert make_table.published_for({**rec, "dataset": "fashion_mnist"}, "paper", "auto") is None
+    assert make_table.canonical_name("swin_large_patch4_window12_384.ms_in22k_ft_in1k") == (
+        "swin_large_patch4_window12_384")
+
+
+def test_every_release_model_has_a_published_row():
+    assert len(make_table.RELEASE) == 10
+    for (name, pretrain), pub in make_table.RELEASE.items():
+        assert name.endswith(str(pub.img_size)) and pretrain in ("1K", "22K")
+    assert make_table.RELEASE[("swin_large_patch4_window12_384", "22K")].top1_err == pytest.approx(12.7)
+
+
+def test_baselines_are_appended(runs, capsys):
+    out = _run(capsys, runs / "tiny", "--baselines")
+    assert "| ResNet50 | 224 | — | 25.6 | — | — | 4.1 | — | — | 21.5 | — | paper |" in out
+    assert out.count("| paper |") == 12
+
+
+def test_errors_name_the_path(tmp_path, capsys):
+    assert make_table.main([str(tmp_path / "missing")]) == 2
+    assert "missing is neither" in capsys.readouterr().err
+    assert make_table.main([str(tmp_path)]) == 2
+    assert f"No eval.json under {tmp_path}" in capsys.readouterr().err
+    (tmp_path / "eval.json").write_text("{not json")
+    assert make_table.main([str(tmp_path)]) == 2
+    assert "eval.json is not valid JSON" in capsys.readouterr().err
