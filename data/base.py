@@ -85,6 +85,8 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.on_corrupt = on_corrupt
         self._corrupt = CorruptCounter()
+        # JPEG draft-mode target (PIL Image.draft); None decodes at full size. See data/fast.py.
+        self.draft_size: tuple[int, int] | None = None
 
     # -- to implement -------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -20,11 +20,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.errors import DataError, NumClassesMismatchError
+from data.fashion_mnist import FashionMNIST
 from data.folder import FolderDataset
+from data.imagenet22k import IN22KDataset
 from data.mixup import build_mixup
 from data.samplers import DistributedTrainSampler, ExactEvalSampler, RASampler, ShardTrainSampler
 from data.synthetic import SyntheticDataset
 from data.transforms import build_transform
+from data.zipped import ZipMapDataset
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,16 @@ def reset_corrupt_count(dataset: Dataset) -> None:
 
 
 def build_dataset(is_train: bool, cfg) -> tuple[Dataset, int]:
-    """The training or validation split chosen by DATA.DATASET and DATA.DATA_PATH, and its class count."""
+    """The training or validation split chosen by DATA.DATASET and DATA.DATA_PATH, and its class count.
+
+    The zip part-cache holds the shard of this process's rank (torch.distributed when initialized).
+    """
+    dist = torch.distributed
+    on = dist.is_available() and dist.is_initialized()
+    return _build_dataset(is_train, cfg, dist.get_rank() if on else 0, dist.get_world_size() if on else 1)
+
+
+def _build_dataset(is_train: bool, cfg, rank: int, world_size: int) -> tuple[Dataset, int]:
     name = cfg.DATA.DATASET
     if name == "synthetic":
         size = cfg.DATA.SYNTHETIC_TRAIN_SIZE if is_train else cfg.DATA.SYNTHETIC_VAL_SIZE
@@ -66,21 +78,15 @@ def build_dataset(is_train: bool, cfg) -> tuple[Dataset, int]:
     on_corrupt = cfg.DATA.ON_CORRUPT
     if name == "imagenet":
         if cfg.DATA.ZIP_MODE:
-            from data.zipped import ZipMapDataset
-
             ds = ZipMapDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt,
-                               cache_mode=cfg.DATA.CACHE_MODE)
+                               cache_mode=cfg.DATA.CACHE_MODE, rank=rank, world_size=world_size)
             return ds, ds.num_classes
         ds = FolderDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt)
         return ds, ds.num_classes
     if name == "imagenet22K":
-        from data.imagenet22k import IN22KDataset
-
         ds = IN22KDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt)
         return ds, ds.num_classes
     if name == "fashion_mnist":
-        from data.fashion_mnist import FashionMNIST
-
         ds = FashionMNIST(cfg.DATA.DATA_PATH, is_train, transform, on_corrupt)
         return ds, ds.num_classes
     raise DataError(f"DATA.DATASET {name!r} is unknown; choose imagenet, imagenet22K, fashion_mnist or synthetic.")
@@ -135,7 +141,7 @@ def build_loaders(cfg, rank: int, world_size: int, device: torch.device, eval_on
     """Data sets, samplers, loaders and mixup for this rank. Raises DataError subclasses on bad data/config."""
     train_set = train_loader = train_sampler = mixup_fn = None
     if not eval_only:
-        train_set, num_classes = build_dataset(True, cfg)
+        train_set, num_classes = _build_dataset(True, cfg, rank, world_size)
         _check_classes(cfg, num_classes)
         mixup_fn = build_mixup(cfg, num_classes)
         train_sampler = _train_sampler(cfg, train_set, rank, world_size)
@@ -145,7 +151,7 @@ def build_loaders(cfg, rank: int, world_size: int, device: torch.device, eval_on
                 f"{cfg.DATA.BATCH_SIZE}, so no full batch exists; lower DATA.BATCH_SIZE or add data."
             )
         train_loader = _loader(cfg, train_set, train_sampler, device, True, rank)
-    val_set, val_classes = build_dataset(False, cfg)
+    val_set, val_classes = _build_dataset(False, cfg, rank, world_size)
     _check_classes(cfg, val_classes)
     val_sampler = ExactEvalSampler(len(val_set), world_size, rank)
     val_loader = _loader(cfg, val_set, val_sampler, device, False, rank)

@@ -75,7 +75,6 @@ class FolderDataset(ImageDataset):
             )
         self._paths = np.array([p.encode() for p in paths])
         self._labels = np.asarray(labels, dtype=np.int64)
-        self.draft_size: tuple[int, int] | None = None
 
     def _classes(self, root: str, split: str) -> list[str]:
         """The training split defines the classes, so val indices line up with them even for an eval-only run."""

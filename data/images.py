@@ -34,7 +34,7 @@ def _high_depth_to_uint8(img: Image.Image) -> Image.Image:
         out = np.clip(np.nan_to_num(arr) * scale, 0, 255)
     else:  # 16-bit samples: 65535 -> 255 (x / 257 maps 257*k exactly to k)
         out = np.clip(arr.astype(np.float64), 0, 65535) / 257.0
-    return Image.fromarray(np.rint(out).astype(np.uint8), mode="L")
+    return Image.fromarray(np.rint(out).astype(np.uint8))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

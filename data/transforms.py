@@ -4,7 +4,9 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import auto_augment as timm_aa
 from timm.data.transforms import str_to_interp_mode
 from torchvision import transforms
 
@@ -29,6 +31,22 @@ def _warn_jitter_ignored(cfg) -> None:
                     "release); set AUG.AUTO_AUGMENT none to use colour jitter.", cfg.AUG.COLOR_JITTER, aa)
 
 
+def posterize_any_bits(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize, also for 0 bits: RandAugment 'inc1' asks for 0 bits at magnitude 10 (about 2% of
+    Posterize draws under m9-mstd0.5), which recent Pillow (13 here) rejects with ValueError; older Pillow
+    returned a black image, which this reproduces."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return timm_aa.posterize(img, bits_to_keep)
+
+
+def _fix_posterize(transform: Callable) -> None:
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if getattr(op, "aug_fn", None) is timm_aa.posterize:
+                op.aug_fn = posterize_any_bits
+
+
 def build_transform(is_train: bool, cfg) -> Callable:
     """PIL RGB image -> normalized float tensor 3 x IMG_SIZE x IMG_SIZE, as the official release builds it."""
     size = cfg.DATA.IMG_SIZE
@@ -47,8 +65,10 @@ def build_transform(is_train: bool, cfg) -> Callable:
             mean=IMAGENET_DEFAULT_MEAN,
             std=IMAGENET_DEFAULT_STD,
         )
+        _fix_posterize(t)
         if not resize_im:  # small images (CIFAR-like): padded random crop instead of RandomResizedCrop
-            t.transforms[0] = transforms.RandomCrop(size, padding=4)
+            # pad_if_needed: a no-op for images of at least IMG_SIZE (the official case), no crash below it
+            t.transforms[0] = transforms.RandomCrop(size, padding=4, pad_if_needed=True)
         return t
 
     # The official eval resize maps 'random' (a training-only choice) to bilinear.

@@ -1,6 +1,7 @@
 """Shared helpers for the data tests: tiny configs and tiny image folders written into tmp_path."""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
@@ -8,6 +9,17 @@ import pytest
 from PIL import Image
 
 from configs import get_config
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py as a module (scripts/ is not a package), to call its main() in-process."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_cfg(**over):

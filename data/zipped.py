@@ -1,0 +1,189 @@
+"""The official zipped ImageNet layout: DATA_PATH/{train,val}.zip + {train,val}_map.txt.
+
+Map lines are "relative/path<TAB>label" with paths relative to the zip root, exactly what the official
+release documents and scripts/make_zip.py writes (e.g. "n01440764/n01440764_10026.JPEG\t0"); a leading
+"train.zip@/" prefix (the official in-memory form) is accepted too.
+
+The central directory is read once, in the main process, into numpy arrays (offset, size, method, crc);
+workers then read members with a plain file handle opened lazily in each process (never pickled). This
+avoids every worker building a 1.28M-entry ZipFile index, which the official ZipReader does.
+CACHE_MODE: no = read on demand; part = hold the bytes of indices rank, rank + W, ... (this rank's shard,
+matching the ShardTrainSampler and the strided eval sampler); full = hold every image's bytes. Cached bytes
+live in one numpy buffer, so forked workers share it without copy-on-write.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zipfile
+import zlib
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from data.base import ImageDataset
+from data.errors import CorruptImageError, DataError
+from data.folder import check_root
+from data.images import decode_rgb
+
+log = logging.getLogger(__name__)
+
+ZIP_LAYOUT = ("DATA_PATH/train.zip, train_map.txt, val.zip, val_map.txt (map lines 'n01440764/x.JPEG<TAB>0'; "
+              "create them with scripts/make_zip.py)")
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (skipped fields), file name length, extra length
+
+
+def read_map(path: str) -> tuple[list[str], list[int]]:
+    """Parse a map file into member names (relative to the zip root) and integer labels."""
+    names, labels = [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.split("\t") if "\t" in line else line.rsplit(None, 1)
+            try:
+                name, label = parts[0], int(parts[-1])
+            except (ValueError, IndexError):
+                raise DataError(f"{path}:{lineno}: expected 'relative/path<TAB>label', got {line!r}") from None
+            if len(parts) < 2:
+                raise DataError(f"{path}:{lineno}: expected 'relative/path<TAB>label', got {line!r}")
+            if "@" in name:  # "train.zip@/n01/x.JPEG" -> "n01/x.JPEG"
+                name = name.split("@", 1)[1]
+            names.append(name.lstrip("/"))
+            labels.append(label)
+    return names, labels
+
+
+def _map_num_classes(path: str) -> int:
+    return max(read_map(path)[1]) + 1
+
+
+class ZipMapDataset(ImageDataset):
+    """One split of the zipped layout, decoded with `decode_rgb`."""
+
+    def __init__(self, root: str, split: str, transform: Callable | None = None, on_corrupt: str = "error",
+                 cache_mode: str = "no", rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(transform, on_corrupt)
+        check_root(root, ZIP_LAYOUT)
+        self.zip_path = os.path.join(root, f"{split}.zip")
+        map_path = os.path.join(root, f"{split}_map.txt")
+        for p in (self.zip_path, map_path):
+            if not os.path.isfile(p):
+                raise DataError(f"{p} is missing; expected {ZIP_LAYOUT}.")
+        names, labels = read_map(map_path)
+        if not names:
+            raise DataError(f"{map_path} lists no images; expected {ZIP_LAYOUT}.")
+        if min(labels) < 0:
+            raise DataError(f"{map_path} has a negative label; labels are class indices 0..C-1.")
+        train_map = os.path.join(root, "train_map.txt")
+        self.num_classes = max(labels) + 1 if split == "train" or not os.path.isfile(train_map) \
+            else _map_num_classes(train_map)
+        if max(labels) >= self.num_classes:
+            raise DataError(f"{map_path} has label {max(labels)}, but {train_map} has only {self.num_classes} classes.")
+        self._names = np.array([n.encode() for n in names])
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self._index_members(names)
+        self._fh = None
+        self._fh_pid = -1
+        self.cache_mode = cache_mode
+        self._cache_pos = np.full(len(names), -1, dtype=np.int64)
+        self._cache_buf = np.zeros(0, dtype=np.uint8)
+        self._cache_off = np.zeros(1, dtype=np.int64)
+        if cache_mode in ("part", "full"):
+            self._fill_cache(range(len(names)) if cache_mode == "full" else range(rank, len(names), world_size))
+        elif cache_mode != "no":
+            raise DataError(f"DATA.CACHE_MODE is {cache_mode!r}; choose no, part or full.")
+
+    def _index_members(self, names: list[str]) -> None:
+        try:
+            with zipfile.ZipFile(self.zip_path) as zf:
+                infos = {i.filename: i for i in zf.infolist()}
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"{self.zip_path} is not a readable zip file ({e}); expected {ZIP_LAYOUT}.") from None
+        missing = [n for n in names if n not in infos]
+        if missing:
+            raise DataError(f"{len(missing)} map entries are not in {self.zip_path}, e.g. {missing[0]!r}; "
+                            "rebuild the map and zip with scripts/make_zip.py.")
+        sel = [infos[n] for n in names]
+        bad = [i.filename for i in sel if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+               or i.flag_bits & 0x1]
+        if bad:
+            raise DataError(f"{self.zip_path}: {bad[0]!r} is encrypted or not stored/deflated; rebuild the zip "
+                            "with scripts/make_zip.py.")
+        self._offset = np.array([i.header_offset for i in sel], dtype=np.int64)
+        self._csize = np.array([i.compress_size for i in sel], dtype=np.int64)
+        self._method = np.array([i.compress_type for i in sel], dtype=np.uint8)
+        self._crc = np.array([i.CRC for i in sel], dtype=np.uint32)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fh"], state["_fh_pid"] = None, -1  # file handles are opened per process, never pickled
+        return state
+
+    def _read_member(self, index: int) -> bytes:
+        if self._fh is None or self._fh_pid != os.getpid():
+            self._fh, self._fh_pid = open(self.zip_path, "rb"), os.getpid()
+        fh = self._fh
+        fh.seek(int(self._offset[index]))
+        header = fh.read(_LOCAL_HEADER.size)
+        if len(header) < _LOCAL_HEADER.size:
+            raise CorruptImageError(f"Cannot read {self.name(index)}: the zip file is truncated")
+        sig, n_name, n_extra = _LOCAL_HEADER.unpack(header)
+        if sig != b"PK\x03\x04":
+            raise CorruptImageError(f"Cannot read {self.name(index)}: bad local zip header")
+        fh.seek(n_name + n_extra, os.SEEK_CUR)
+        raw = fh.read(int(self._csize[index]))
+        try:
+            data = zlib.decompress(raw, -15) if self._method[index] == zipfile.ZIP_DEFLATED else raw
+        except zlib.error as e:
+            raise CorruptImageError(f"Cannot read {self.name(index)}: {e}") from None
+        if zlib.crc32(data) != int(self._crc[index]):
+            raise CorruptImageError(f"Cannot read {self.name(index)}: CRC mismatch (damaged zip member)")
+        return data
+
+    def _fill_cache(self, indices: range) -> None:
+        chunks, pos = [], 0
+        sizes = [0]
+        for i in indices:
+            try:
+                b = self._read_member(i)
+            except CorruptImageError:
+                continue  # left uncached: reading it again at training time applies DATA.ON_CORRUPT
+            chunks.append(np.frombuffer(b, dtype=np.uint8))
+            self._cache_pos[i] = pos
+            sizes.append(len(b))
+            pos += 1
+        self._cache_buf = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)
+        self._cache_off = np.cumsum(np.asarray(sizes, dtype=np.int64))
+        log.info("Cached %d images (%.1f MiB) from %s (%s mode)", pos, self._cache_buf.nbytes / 2**20,
+                 self.zip_path, self.cache_mode)
+        if self._fh is not None:
+            self._fh.close()
+            self._fh, self._fh_pid = None, -1
+
+    def cached(self, index: int) -> bool:
+        return bool(self._cache_pos[index] >= 0)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def name(self, index: int) -> str:
+        return f"{self.zip_path}@/{self._names[index].decode()}"
+
+    def target(self, index: int) -> int:
+        return int(self._labels[index])
+
+    @property
+    def targets(self) -> list[int]:
+        return self._labels.tolist()
+
+    def load(self, index: int) -> Image.Image:
+        p = int(self._cache_pos[index])
+        if p >= 0:
+            data = self._cache_buf[self._cache_off[p] : self._cache_off[p + 1]].tobytes()
+        else:
+            data = self._read_member(index)
+        return decode_rgb(data, self.name(index), self.draft_size)
