@@ -1,0 +1,86 @@
+"""Exact top-1 / top-5 accuracy and loss over the whole validation set.
+
+Each rank counts correct predictions and sums the loss over its shard (the validation sampler gives every
+image to exactly one rank, with no padding); the counts are summed across ranks, never averaged per rank,
+so the result is the same for any number of processes. The official release averages per-batch
+percentages per rank, which is wrong when shards or batches differ in size.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.amp import AmpPolicy
+from engine.distributed import all_reduce_sum
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Validation counts summed over every rank."""
+
+    loss: float  # mean cross-entropy per image
+    correct1: int
+    correct5: int
+    num_images: int
+
+    @property
+    def top1_acc(self) -> float:
+        return 100.0 * self.correct1 / self.num_images if self.num_images else float("nan")
+
+    @property
+    def top5_acc(self) -> float:
+        return 100.0 * self.correct5 / self.num_images if self.num_images else float("nan")
+
+    @property
+    def top1_err(self) -> float:
+        return 100.0 - self.top1_acc
+
+    @property
+    def top5_err(self) -> float:
+        return 100.0 - self.top5_acc
+
+    def as_dict(self) -> dict:
+        """Counts and percentages, for logs and reports."""
+        return {
+            "loss": self.loss, "correct1": self.correct1, "correct5": self.correct5, "num_images": self.num_images,
+            "top1_acc": self.top1_acc, "top1_err": self.top1_err, "top5_acc": self.top5_acc, "top5_err": self.top5_err,
+        }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Iterable, device: torch.device, amp: AmpPolicy, print_freq: int = 0
+) -> EvalResult:
+    """Loss, top-1 and top-5 counts of `model` over `loader` on every rank, summed across ranks."""
+    was_training = model.training
+    model.eval()
+    # float64 sums: exact integer counts up to 2**53 images, and a loss sum that does not drift.
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, correct1, correct5, images
+    start = time.perf_counter()
+    for idx, (images, targets) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with amp.autocast():
+            logits = model(images)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(targets[:, None])
+        totals[0] += F.cross_entropy(logits, targets, reduction="sum").double()
+        totals[1] += hits[:, :1].sum()
+        totals[2] += hits.sum()
+        totals[3] += targets.numel()
+        if print_freq and idx % print_freq == 0:
+            log.info("Test: [%d/%d] %.3fs", idx, len(loader), time.perf_counter() - start)
+    all_reduce_sum(totals)
+    loss_sum, c1, c5, n = totals.tolist()
+    model.train(was_training)
+    return EvalResult(loss=loss_sum / n if n else float("nan"), correct1=int(c1), correct5=int(c5), num_images=int(n))

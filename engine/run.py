@@ -1,0 +1,244 @@
+"""`run(cfg)`: the whole job for one process -- set-up, then throughput, evaluation or training.
+
+Works as one plain process (`python main.py ...`) and under torchrun unchanged. Training: build, resume
+(MODEL.RESUME or the newest loadable checkpoint in the run directory), then per epoch: reseed, train,
+evaluate (and the EMA), log, checkpoint; finally eval.json + report.md. Everything random in an epoch is a
+pure function of (SEED, rank, epoch), so a run resumed at an epoch boundary ends bitwise equal to an
+uninterrupted one (same device, processes and workers).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from yacs.config import CfgNode
+
+import data
+import models
+from configs import ConfigError, Derived, derive, dump_config
+from engine import checkpoint as ckpt_io
+from engine import report
+from engine.amp import AmpPolicy, resolve_amp
+from engine.distributed import DistInfo, broadcast_object, cleanup, setup_distributed
+from engine.ema import build_ema
+from engine.evaluate import EvalResult, evaluate
+from engine.logging_utils import MetricsWriter, close_logging, setup_logging
+from engine.optim import build_optimizer, build_schedule, steps_per_epoch
+from engine.state import Progress, checkpoint_state, gather_rng_states, restore_state, restore_weights_for_eval
+from engine.throughput import measure_throughput
+from engine.train import NonFiniteTrainingError, TrainContext, TrainState, build_criterion, train_one_epoch
+
+log = logging.getLogger(__name__)
+
+# Errors a user can cause: reported as one message and exit code 1, without a traceback.
+USER_ERRORS = (ConfigError, data.DataError, ckpt_io.CheckpointError, NonFiniteTrainingError)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """A well-mixed 32-bit seed for (SEED, rank, epoch): drop path and mixup draws of that epoch."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
+def run(cfg: CfgNode) -> int:
+    """Run the job the frozen config describes; returns the process exit code."""
+    dist_info = setup_distributed(cfg.DEVICE, cfg.DIST_TIMEOUT)
+    try:
+        return _run(cfg, dist_info)
+    except USER_ERRORS as e:
+        log.error("%s", e)
+        if not logging.getLogger().handlers:
+            print(f"error: {e}")
+        return 1
+    finally:
+        close_logging()
+        cleanup()
+
+
+def _run(cfg: CfgNode, info: DistInfo) -> int:
+    seed_everything(cfg.SEED + info.rank)
+    run_dir = derive(cfg, info.world_size).run_dir
+    setup_logging(run_dir, info.rank)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp = resolve_amp(cfg, info.device)
+    inference_only = bool(cfg.EVAL_MODE or cfg.THROUGHPUT_MODE)
+    loaders = data.build_loaders(cfg, info.rank, info.world_size, info.device, eval_only=inference_only)
+    derived = derive(cfg, info.world_size, loaders.num_classes)
+    log.info("rank %d of %d on %s, AMP %s; run directory %s", info.rank, info.world_size, info.device,
+             amp.dtype_name, run_dir)
+    if info.is_main:
+        _write_run_files(cfg, derived)
+    model = models.build_model(cfg, info.device).to(info.device)
+    log.info("model %s/%s: %s parameters", cfg.MODEL.TYPE, cfg.MODEL.NAME,
+             f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
+    if cfg.THROUGHPUT_MODE:
+        result = measure_throughput(model, loaders.val_loader, info.device, amp)
+        with MetricsWriter(run_dir, info.is_main, tensorboard=False) as metrics:
+            metrics.write({"kind": "throughput", "step": 0, **result.__dict__})
+        return 0
+    if cfg.EVAL_MODE:
+        return _evaluate_only(cfg, info, derived, model, loaders, amp)
+    return _train(cfg, info, derived, model, loaders, amp)
+
+
+def _write_run_files(cfg: CfgNode, derived: Derived) -> None:
+    os.makedirs(derived.run_dir, exist_ok=True)
+    with open(os.path.join(derived.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        f.write(dump_config(cfg))
+    with open(os.path.join(derived.run_dir, "derived.json"), "w", encoding="utf-8") as f:
+        json.dump(derived.as_dict(), f, indent=2)
+    log.info("config:\n%s", dump_config(cfg))
+    log.info("derived: %s", json.dumps(derived.as_dict()))
+
+
+def _resume_path(cfg: CfgNode, info: DistInfo, run_dir: str) -> str:
+    """MODEL.RESUME, else (TRAIN.AUTO_RESUME) the newest loadable checkpoint in the run directory; rank 0
+    decides so that every rank loads the same file."""
+    if cfg.MODEL.RESUME:
+        return cfg.MODEL.RESUME
+    found = ""
+    if cfg.TRAIN.AUTO_RESUME and info.is_main:
+        found = ckpt_io.find_resume_checkpoint(run_dir) or ""
+    return broadcast_object(found)
+
+
+def _evaluate_only(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: AmpPolicy) -> int:
+    source = _resume_path(cfg, info, derived.run_dir)
+    used_ema = False
+    if source:
+        used_ema = restore_weights_for_eval(ckpt_io.load_checkpoint(source), source, model, cfg.TEST.USE_EMA)
+    elif cfg.MODEL.PRETRAINED:
+        source = cfg.MODEL.PRETRAINED
+        log.info("%s", models.load_weights(model, source, mode="exact"))
+    else:
+        raise ConfigError("EVAL_MODE needs weights: pass --resume <checkpoint> or --pretrained <weights file>.")
+    result = evaluate(model, loaders.val_loader, info.device, amp)
+    _log_eval("eval", result, len(loaders.val_set))
+    if info.is_main:
+        record = report.build_eval_record(cfg, model, result, source, used_ema, info.device,
+                                          extra={"world_size": info.world_size, "amp_dtype": amp.dtype_name})
+        report.write_eval_report(derived.run_dir, record)
+    return 0
+
+
+def _log_eval(name: str, r: EvalResult, expected: int) -> None:
+    log.info("%s: Acc@1 %.3f Acc@5 %.3f loss %.4f on %d images", name, r.top1_acc, r.top5_acc, r.loss, r.num_images)
+    if r.num_images != expected:
+        raise RuntimeError(f"evaluated {r.num_images} images but the validation set has {expected}")
+
+
+def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: AmpPolicy) -> int:
+    raw = model
+    resume = _resume_path(cfg, info, derived.run_dir)
+    if cfg.MODEL.PRETRAINED and not resume:
+        log.info("%s", models.load_weights(raw, cfg.MODEL.PRETRAINED, mode="finetune"))
+    elif cfg.MODEL.PRETRAINED:
+        log.info("MODEL.PRETRAINED is ignored: resuming from %s", resume)
+    optimizer = build_optimizer(cfg, raw, derived.base_lr, info.device)
+    if info.world_size > 1:  # also broadcasts rank 0's weights, so build the EMA after this
+        model = DistributedDataParallel(
+            raw, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False
+        )
+    ema = build_ema(cfg, raw)
+    if cfg.TRAIN.COMPILE:
+        model = torch.compile(model)
+    updates = steps_per_epoch(len(loaders.train_loader), cfg.TRAIN.ACCUMULATION_STEPS)
+    schedule = build_schedule(cfg, derived, updates)
+    scaler = amp.make_scaler()
+    state = TrainState(epoch=cfg.TRAIN.START_EPOCH, global_step=cfg.TRAIN.START_EPOCH * updates)
+    progress = Progress()
+    if resume:
+        state, progress = restore_state(ckpt_io.load_checkpoint(resume), resume, info.rank, derived, raw, optimizer,
+                                        scaler, ema, updates)
+        log.info("resumed from %s (epoch %d, step %d)", resume, state.epoch - 1, state.global_step)
+    metrics = MetricsWriter(derived.run_dir, info.is_main)
+    ctx = TrainContext(
+        optimizer=optimizer, schedule=schedule, criterion=build_criterion(cfg, loaders.mixup_fn is not None),
+        amp=amp, device=info.device, ema_source=raw, accumulation_steps=cfg.TRAIN.ACCUMULATION_STEPS,
+        clip_grad=cfg.TRAIN.CLIP_GRAD, scaler=scaler, ema=ema, mixup_fn=loaders.mixup_fn,
+        print_freq=cfg.PRINT_FREQ, max_bad_steps=cfg.TRAIN.MAX_BAD_STEPS, total_epochs=cfg.TRAIN.EPOCHS,
+        world_size=info.world_size, metrics=metrics,
+    )
+    log.info("start training: epochs %d-%d, %d updates per epoch, total batch %d, lr %.3e",
+             state.epoch, cfg.TRAIN.EPOCHS - 1, updates, derived.total_batch, derived.base_lr)
+    final: tuple[EvalResult, bool] | None = None
+    try:
+        for epoch in range(state.epoch, cfg.TRAIN.EPOCHS):
+            state.epoch = epoch
+            final = _one_epoch(cfg, info, derived, model, raw, loaders, amp, ctx, state, progress, updates)
+    finally:
+        metrics.close()
+    if final is None:  # resumed after the last epoch: nothing left to train, evaluate what was restored
+        use_ema = bool(cfg.TEST.USE_EMA and ema is not None)
+        final = (evaluate(ema.module if use_ema else raw, loaders.val_loader, info.device, amp), use_ema)
+    if info.is_main:
+        result, used_ema = final
+        record = report.build_eval_record(
+            cfg, ema.module if used_ema else raw, result, progress.last_checkpoint, used_ema, info.device,
+            extra={"world_size": info.world_size, "amp_dtype": amp.dtype_name, "epochs": cfg.TRAIN.EPOCHS,
+                   "max_accuracy": progress.max_accuracy, "best_epoch": progress.best_epoch},
+        )
+        report.write_eval_report(derived.run_dir, record)
+    return 0
+
+
+def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, ctx: TrainContext,
+               state: TrainState, progress: Progress, updates: int) -> tuple[EvalResult, bool]:
+    """Train, evaluate, record and checkpoint one epoch; returns the evaluation the report would use."""
+    epoch = state.epoch
+    seed_everything(epoch_seed(cfg.SEED, info.rank, epoch))
+    loaders.train_sampler.set_epoch(epoch)
+    stats = train_one_epoch(model, loaders.train_loader, ctx, state)
+    result = evaluate(raw, loaders.val_loader, info.device, amp)
+    _log_eval(f"epoch {epoch}", result, len(loaders.val_set))
+    record = {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss,
+              "val_loss": result.loss, "top1_acc": result.top1_acc, "top1_err": result.top1_err,
+              "top5_acc": result.top5_acc, "top5_err": result.top5_err, "skipped": stats.skipped,
+              "epoch_s": stats.seconds}
+    reported, used_ema = result, False
+    if ctx.ema is not None:
+        ema_result = evaluate(ctx.ema.module, loaders.val_loader, info.device, amp)
+        _log_eval(f"epoch {epoch} EMA", ema_result, len(loaders.val_set))
+        record.update({"ema_val_loss": ema_result.loss, "ema_top1_acc": ema_result.top1_acc,
+                       "ema_top1_err": ema_result.top1_err, "ema_top5_acc": ema_result.top5_acc,
+                       "ema_top5_err": ema_result.top5_err})
+        if cfg.TEST.USE_EMA:
+            reported, used_ema = ema_result, True
+    is_best = reported.top1_acc > progress.max_accuracy or progress.best_epoch < 0
+    if is_best:
+        progress.max_accuracy, progress.best_epoch = reported.top1_acc, epoch
+    record["max_accuracy"] = progress.max_accuracy
+    log.info("Max accuracy: %.2f%% (epoch %d)", progress.max_accuracy, progress.best_epoch)
+    ctx.metrics.write(record)
+    last = epoch == cfg.TRAIN.EPOCHS - 1
+    if (epoch + 1) % max(cfg.SAVE_FREQ, 1) == 0 or last or is_best:
+        _save(cfg, info, derived, raw, ctx, state, progress, updates)
+    return reported, used_ema
+
+
+def _save(cfg, info: DistInfo, derived: Derived, raw, ctx: TrainContext, state: TrainState, progress: Progress,
+          updates: int) -> None:
+    rng = gather_rng_states()  # every rank takes part; only rank 0 writes
+    path = ckpt_io.checkpoint_path(derived.run_dir, state.epoch)
+    progress.last_checkpoint = path
+    if not info.is_main:
+        return
+    ckpt_io.save_checkpoint(path, checkpoint_state(cfg, derived, raw, ctx.optimizer, ctx.scaler, ctx.ema, state,
+                                                   progress, rng, updates))
+    log.info("saved %s", path)
+    best = ckpt_io.checkpoint_path(derived.run_dir, progress.best_epoch)
+    ckpt_io.prune_checkpoints(derived.run_dir, cfg.TRAIN.KEEP_LAST, keep={best})

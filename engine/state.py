@@ -1,0 +1,133 @@
+"""The training state <-> the checkpoint dict (format and file handling live in engine/checkpoint.py).
+
+A checkpoint written after epoch N holds everything the next epoch depends on: weights, optimizer moments,
+the schedule position (the global update count: the learning rate is a pure function of it), the loss
+scaler, the EMA, the best accuracy so far and every rank's random-number state. Only plain tensors,
+numbers, strings and containers go in, so it loads with torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+from yacs.config import CfgNode
+
+from configs import Derived, dump_config
+from engine.checkpoint import CheckpointError, capture_rng_state, restore_rng_state
+from engine.distributed import all_gather_object
+from engine.ema import ema_state, load_ema_state
+from engine.train import TrainState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """What the epoch loop tracks besides the TrainState."""
+
+    max_accuracy: float = 0.0  # best top-1 (of the weights TEST.USE_EMA reports) so far
+    best_epoch: int = -1
+    last_checkpoint: str = ""
+
+
+def gather_rng_states() -> list[dict]:
+    """Every rank's RNG state, in rank order (a collective: call it on all ranks)."""
+    return all_gather_object(capture_rng_state())
+
+
+def checkpoint_state(
+    cfg: CfgNode, derived: Derived, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None, ema: ModelEmaV3 | None, state: TrainState, progress: Progress,
+    rng: list[dict], updates_per_epoch: int,
+) -> dict:
+    """The dict saved as ckpt_epoch_<state.epoch>.pth after that epoch finished."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": {"step": state.global_step, "updates_per_epoch": updates_per_epoch},
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "ema": ema_state(ema) if ema is not None else {},
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        "max_accuracy": progress.max_accuracy,
+        "best_epoch": progress.best_epoch,
+        "rng": rng,
+        "config": dump_config(cfg),
+        "derived": derived.as_dict(),
+    }
+
+
+def _require(ckpt: dict, path: str, *keys: str) -> None:
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"Checkpoint {path} lacks {', '.join(missing)}, so training cannot resume from it. To start a new "
+            "run from its weights use --pretrained instead of --resume."
+        )
+
+
+def restore_state(
+    ckpt: dict, path: str, rank: int, derived: Derived, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None, ema: ModelEmaV3 | None, updates_per_epoch: int,
+) -> tuple[TrainState, Progress]:
+    """Load a training checkpoint into the live objects; return the state to continue from (next epoch)."""
+    _require(ckpt, path, "model", "optimizer", "epoch", "global_step")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit this model ({str(e).splitlines()[0]}...). Resume with the "
+            "config the checkpoint was trained with (its config.yaml sits next to it)."
+        ) from None
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None:
+        if ckpt.get("ema"):
+            load_ema_state(ema, ckpt["ema"])
+        else:
+            log.warning("Checkpoint %s has no EMA weights; the EMA restarts from the current weights.", path)
+            load_ema_state(ema, model.state_dict())
+    _warn_if_changed(ckpt, path, derived, updates_per_epoch)
+    rng = ckpt.get("rng") or []
+    if len(rng) == derived.world_size:
+        restore_rng_state(rng[rank])
+    else:
+        log.warning("Checkpoint %s holds RNG states of %d ranks, this run has %d; they are not restored.",
+                    path, len(rng), derived.world_size)
+    state = TrainState(epoch=int(ckpt["epoch"]) + 1, global_step=int(ckpt["global_step"]))
+    progress = Progress(max_accuracy=float(ckpt.get("max_accuracy", 0.0)), best_epoch=int(ckpt.get("best_epoch", -1)),
+                        last_checkpoint=path)
+    return state, progress
+
+
+def _warn_if_changed(ckpt: dict, path: str, derived: Derived, updates_per_epoch: int) -> None:
+    saved = ckpt.get("derived") or {}
+    for key in ("world_size", "total_batch", "base_lr"):
+        if key in saved and saved[key] != getattr(derived, key):
+            log.warning("Resuming %s with %s %s (the checkpoint was trained with %s).",
+                        path, key, getattr(derived, key), saved[key])
+    saved_upe = (ckpt.get("lr_scheduler") or {}).get("updates_per_epoch")
+    if saved_upe is not None and saved_upe != updates_per_epoch:
+        log.warning("Checkpoint %s made %d updates per epoch, this run makes %d: the schedule continues from "
+                    "update %d.", path, saved_upe, updates_per_epoch, ckpt["global_step"])
+
+
+def restore_weights_for_eval(ckpt: dict, path: str, model: nn.Module, use_ema: bool) -> bool:
+    """Load a checkpoint's weights (its EMA weights when `use_ema` and present); return whether EMA was used."""
+    _require(ckpt, path, "model")
+    take_ema = bool(use_ema and ckpt.get("ema"))
+    if use_ema and not take_ema:
+        log.warning("TEST.USE_EMA is set but checkpoint %s has no EMA weights; evaluating its model weights.", path)
+    try:
+        model.load_state_dict(ckpt["ema"] if take_ema else ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit this model ({str(e).splitlines()[0]}...). Evaluate with the config "
+            "it was trained with, or use --pretrained for official/timm weight files."
+        ) from None
+    return take_ema

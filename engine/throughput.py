@@ -1,0 +1,47 @@
+"""Inference throughput (THROUGHPUT_MODE), measured like the official release: one validation batch, warm-up
+passes, then timed passes between two device synchronizations."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from engine.amp import AmpPolicy
+from engine.distributed import synchronize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    img_per_s: float
+    batch_size: int
+    device: str
+    dtype: str
+    iterations: int
+
+
+@torch.no_grad()
+def measure_throughput(
+    model: nn.Module, loader: Iterable, device: torch.device, amp: AmpPolicy, warmup: int = 50, iterations: int = 30
+) -> Throughput:
+    """Images per second of `model` on the first batch of `loader` (forward only, AMP as configured)."""
+    images = next(iter(loader))[0].to(device, non_blocking=True)
+    model.eval()
+    with amp.autocast():
+        for _ in range(warmup):
+            model(images)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            model(images)
+        synchronize(device)
+    seconds = time.perf_counter() - start
+    result = Throughput(iterations * images.shape[0] / seconds, images.shape[0], str(device), amp.dtype_name, iterations)
+    log.info("throughput %.1f img/s (batch %d, %s, %s, averaged over %d passes after %d warm-up)",
+             result.img_per_s, result.batch_size, result.device, result.dtype, iterations, warmup)
+    return result
