@@ -23,6 +23,8 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from data.errors import CorruptImageError, DataError
+from data.fast import FastPipeline
+from data.images import decode_rgb
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +34,28 @@ _MAX_CONSECUTIVE_CORRUPT = 64
 
 @contextmanager
 def seeded_rngs(seed: int | None) -> Iterator[None]:
-    """Seed python/numpy/torch CPU RNGs from `seed` inside the block and restore their states after it.
+    """Seed python/numpy/torch CPU RNGs from `seed` inside the block.
 
+    In the main process (NUM_WORKERS 0) their states are restored afterwards, so training randomness is
+    untouched; DataLoader workers use these RNGs for nothing else, so they skip the (costly) save/restore.
     Only the CPU generator is touched (torch.manual_seed would also reseed CUDA generators).
     """
     if seed is None:
         yield
         return
-    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    in_worker = get_worker_info() is not None
+    if not in_worker:
+        py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
+        if not in_worker:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            torch.set_rng_state(torch_state)
 
 
 def split_item(item: Any) -> tuple[int, int | None]:
@@ -77,23 +84,32 @@ class CorruptCounter:
 
 
 class ImageDataset(Dataset):
-    """Base class: subclasses implement __len__, `load(index) -> RGB PIL image`, `target(index)`, `name(index)`."""
+    """Base class: subclasses implement __len__, `target(index)`, `name(index)` and either `source(index)`
+    (the encoded file: a path or bytes) or `load(index)` (an RGB PIL image, for in-memory data).
 
-    def __init__(self, transform: Callable | None, on_corrupt: str = "error") -> None:
+    With a transform, encoded images go through `FastPipeline` (data/fast.py): the same results as
+    decode + transform, cheaper; `draft=True` (training) also lets large JPEGs decode at reduced scale.
+    """
+
+    def __init__(self, transform: Callable | None, on_corrupt: str = "error", draft: bool = False) -> None:
         if on_corrupt not in ("error", "skip"):
             raise DataError(f"DATA.ON_CORRUPT is {on_corrupt!r}; choose error or skip.")
         self.transform = transform
         self.on_corrupt = on_corrupt
         self._corrupt = CorruptCounter()
-        # JPEG draft-mode target (PIL Image.draft); None decodes at full size. See data/fast.py.
-        self.draft_size: tuple[int, int] | None = None
+        self.fast = FastPipeline(transform, allow_draft=draft) if transform is not None else None
 
     # -- to implement -------------------------------------------------------------------------------------
     def __len__(self) -> int:
         raise NotImplementedError
 
+    def source(self, index: int) -> str | bytes | None:
+        """The encoded image (path or bytes), or None when `load` must be used."""
+        return None
+
     def load(self, index: int) -> Image.Image:
-        raise NotImplementedError
+        """The decoded RGB image; raises CorruptImageError naming the file."""
+        return decode_rgb(self.source(index), self.name(index))
 
     def target(self, index: int) -> int:
         raise NotImplementedError
@@ -113,12 +129,20 @@ class ImageDataset(Dataset):
     def reset_corrupt_count(self) -> None:
         self._corrupt.reset()
 
-    def _load_or_skip(self, index: int) -> tuple[Image.Image, int]:
+    def _sample(self, index: int) -> Any:
+        if self.fast is not None:
+            src = self.source(index)
+            if src is not None:
+                return self.fast(src, self.name(index))
+        img = self.load(index)
+        return self.transform(img) if self.transform is not None else img
+
+    def _sample_or_skip(self, index: int) -> tuple[Any, int]:
         n = len(self)
         for attempt in range(min(n, _MAX_CONSECUTIVE_CORRUPT)):
             i = (index + attempt) % n
             try:
-                return self.load(i), i
+                return self._sample(i), i
             except CorruptImageError as e:
                 if self.on_corrupt == "error":
                     raise CorruptImageError(
@@ -134,7 +158,6 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, item: Any) -> tuple[Any, int]:
         index, seed = split_item(item)
-        img, used = self._load_or_skip(index)
-        with seeded_rngs(seed):
-            x = self.transform(img) if self.transform is not None else img
+        with seeded_rngs(seed):  # covers the crop drawn before decoding, too
+            x, used = self._sample_or_skip(index)
         return x, self.target(used)

@@ -76,15 +76,17 @@ def _build_dataset(is_train: bool, cfg, rank: int, world_size: int) -> tuple[Dat
         return SyntheticDataset(size, n, cfg.DATA.IMG_SIZE, split=0 if is_train else 1), n
     transform = build_transform(is_train, cfg)
     on_corrupt = cfg.DATA.ON_CORRUPT
+    # Reduced-scale JPEG decoding for large training crops (data/fast.py); never for evaluation.
+    draft = is_train and bool(cfg.DATA.get("DRAFT_DECODE", True))
     if name == "imagenet":
         if cfg.DATA.ZIP_MODE:
             ds = ZipMapDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt,
-                               cache_mode=cfg.DATA.CACHE_MODE, rank=rank, world_size=world_size)
+                               cache_mode=cfg.DATA.CACHE_MODE, rank=rank, world_size=world_size, draft=draft)
             return ds, ds.num_classes
-        ds = FolderDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt)
+        ds = FolderDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt, draft)
         return ds, ds.num_classes
     if name == "imagenet22K":
-        ds = IN22KDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt)
+        ds = IN22KDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt, draft)
         return ds, ds.num_classes
     if name == "fashion_mnist":
         ds = FashionMNIST(cfg.DATA.DATA_PATH, is_train, transform, on_corrupt)

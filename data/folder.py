@@ -10,11 +10,10 @@ import os
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from data.base import ImageDataset
 from data.errors import DataError
-from data.images import decode_rgb, is_image_file
+from data.images import is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +59,9 @@ def scan_split(split_dir: str, classes: list[str]) -> tuple[list[str], list[int]
 class FolderDataset(ImageDataset):
     """One split of the folder layout, decoded with `decode_rgb` (every image becomes 3-channel RGB)."""
 
-    def __init__(self, root: str, split: str, transform: Callable | None = None, on_corrupt: str = "error") -> None:
-        super().__init__(transform, on_corrupt)
+    def __init__(self, root: str, split: str, transform: Callable | None = None, on_corrupt: str = "error",
+                 draft: bool = False) -> None:
+        super().__init__(transform, on_corrupt, draft)
         check_root(root, FOLDER_LAYOUT)
         self.split_dir = os.path.join(root, split)
         if not os.path.isdir(self.split_dir):
@@ -114,6 +114,5 @@ class FolderDataset(ImageDataset):
     def targets(self) -> list[int]:
         return self._labels.tolist()
 
-    def load(self, index: int) -> Image.Image:
-        path = self.path(index)
-        return decode_rgb(path, path, self.draft_size)
+    def source(self, index: int) -> str:
+        return self.path(index)

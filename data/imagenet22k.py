@@ -12,12 +12,10 @@ import os
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from data.base import ImageDataset
 from data.errors import DataError
 from data.folder import check_root
-from data.images import decode_rgb
 from data.zipped import read_map
 
 IN22K_CLASSES = 21841
@@ -48,8 +46,9 @@ class IN22KDataset(ImageDataset):
 
     num_classes = IN22K_CLASSES
 
-    def __init__(self, root: str, split: str, transform: Callable | None = None, on_corrupt: str = "error") -> None:
-        super().__init__(transform, on_corrupt)
+    def __init__(self, root: str, split: str, transform: Callable | None = None, on_corrupt: str = "error",
+                 draft: bool = False) -> None:
+        super().__init__(transform, on_corrupt, draft)
         check_root(root, IN22K_LAYOUT)
         self.root = root
         map_path = os.path.join(root, IN22K_MAPS[split])
@@ -78,6 +77,5 @@ class IN22KDataset(ImageDataset):
     def targets(self) -> list[int]:
         return self._labels.tolist()
 
-    def load(self, index: int) -> Image.Image:
-        path = self.name(index)
-        return decode_rgb(path, path, self.draft_size)
+    def source(self, index: int) -> str:
+        return self.name(index)

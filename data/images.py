@@ -50,26 +50,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_rgb(source: str | bytes | BinaryIO, name: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Open, fully decode and convert an image to RGB; raise CorruptImageError naming `name` on failure.
-
-    `draft_size`: let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while keeping at least this size
-    (PIL `Image.draft`), which makes decoding large JPEGs much cheaper.
-    """
+def decode_rgb(source: str | bytes | BinaryIO, name: str) -> Image.Image:
+    """Open, fully decode and convert an image to RGB; raise CorruptImageError naming `name` on failure."""
     try:
         if isinstance(source, str):
             with open(source, "rb") as f:  # we own the file, so closing it leaves the decoded image valid
-                return _decode(f, draft_size)
+                return _decode(f)
         if isinstance(source, (bytes, bytearray, memoryview)):
             source = io.BytesIO(source)
-        return _decode(source, draft_size)
+        return _decode(source)
     except DECODE_ERRORS as e:
         raise CorruptImageError(f"Cannot decode image {name}: {type(e).__name__}: {e}") from e
 
 
-def _decode(fp: BinaryIO, draft_size: tuple[int, int] | None) -> Image.Image:
+def _decode(fp: BinaryIO) -> Image.Image:
     img = Image.open(fp)
-    if draft_size is not None and img.format == "JPEG":
-        img.draft("RGB", draft_size)
     img.load()
     return to_rgb(img)

@@ -40,7 +40,8 @@ def posterize_any_bits(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
     return timm_aa.posterize(img, bits_to_keep)
 
 
-def _fix_posterize(transform: Callable) -> None:
+def fix_posterize(transform: Callable) -> None:
+    """Swap timm's posterize for `posterize_any_bits` in every RandAugment/AutoAugment op of `transform`."""
     for t in getattr(transform, "transforms", []):
         for op in getattr(t, "ops", []):
             if getattr(op, "aug_fn", None) is timm_aa.posterize:
@@ -65,7 +66,7 @@ def build_transform(is_train: bool, cfg) -> Callable:
             mean=IMAGENET_DEFAULT_MEAN,
             std=IMAGENET_DEFAULT_STD,
         )
-        _fix_posterize(t)
+        fix_posterize(t)
         if not resize_im:  # small images (CIFAR-like): padded random crop instead of RandomResizedCrop
             # pad_if_needed: a no-op for images of at least IMG_SIZE (the official case), no crash below it
             t.transforms[0] = transforms.RandomCrop(size, padding=4, pad_if_needed=True)

@@ -21,12 +21,10 @@ import zlib
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from data.base import ImageDataset
 from data.errors import CorruptImageError, DataError
 from data.folder import check_root
-from data.images import decode_rgb
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +63,8 @@ class ZipMapDataset(ImageDataset):
     """One split of the zipped layout, decoded with `decode_rgb`."""
 
     def __init__(self, root: str, split: str, transform: Callable | None = None, on_corrupt: str = "error",
-                 cache_mode: str = "no", rank: int = 0, world_size: int = 1) -> None:
-        super().__init__(transform, on_corrupt)
+                 cache_mode: str = "no", rank: int = 0, world_size: int = 1, draft: bool = False) -> None:
+        super().__init__(transform, on_corrupt, draft)
         check_root(root, ZIP_LAYOUT)
         self.zip_path = os.path.join(root, f"{split}.zip")
         map_path = os.path.join(root, f"{split}_map.txt")
@@ -180,10 +178,8 @@ class ZipMapDataset(ImageDataset):
     def targets(self) -> list[int]:
         return self._labels.tolist()
 
-    def load(self, index: int) -> Image.Image:
+    def source(self, index: int) -> bytes:
         p = int(self._cache_pos[index])
         if p >= 0:
-            data = self._cache_buf[self._cache_off[p] : self._cache_off[p + 1]].tobytes()
-        else:
-            data = self._read_member(index)
-        return decode_rgb(data, self.name(index), self.draft_size)
+            return self._cache_buf[self._cache_off[p] : self._cache_off[p + 1]].tobytes()
+        return self._read_member(index)

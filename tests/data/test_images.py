@@ -88,7 +88,7 @@ def test_corrupt_skip_replaces_and_counts_across_workers(tmp_path, caplog):
                    DATA__NUM_WORKERS=2, DATA__PERSISTENT_WORKERS=False)
     L = build_loaders(cfg, 0, 1, torch.device("cpu"))
     ds = L.train_set
-    assert ds._load_or_skip(1)[1] == 2  # deterministic replacement: the next index
+    assert ds._sample_or_skip(1)[1] == 2  # deterministic replacement: the next index
     ds.reset_corrupt_count()
     L.train_sampler.set_epoch(0)
     with caplog.at_level(logging.WARNING):

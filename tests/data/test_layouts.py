@@ -2,10 +2,12 @@
 import gzip
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from data import DataError, build_dataset, build_loaders
 from data.fashion_mnist import FashionMNIST
@@ -54,8 +56,6 @@ def test_zip_handle_is_lazy_and_per_process(zipped):
 
 def test_zip_map_accepts_official_prefix_and_reports_missing(zipped, tmp_path):
     _, z = zipped
-    import shutil
-
     for f in ("train.zip", "val.zip", "val_map.txt"):
         shutil.copy(os.path.join(z, f), tmp_path / f)
     lines = open(os.path.join(z, "train_map.txt")).read().splitlines()
@@ -72,8 +72,6 @@ def _write_22k(root, as_json=True):
         d = root / "fall11_whole" / wnid
         d.mkdir(parents=True)
         for i in range(2):
-            from PIL import Image
-
             Image.fromarray(np.full((20, 30, 3), i * 50, np.uint8)).save(d / f"{wnid}_{i}.JPEG")
             items.append([f"fall11_whole/{wnid}/{wnid}_{i}.JPEG", label])
     for split in ("train", "val"):
@@ -152,3 +150,27 @@ def test_bad_layouts_give_one_clear_error(tmp_path):
         tmp_path, DATA__DATA_PATH=str(tmp_path / "empty"), DATA__DATASET="imagenet22K")
     assert "images-idx3-ubyte" in _err(tmp_path, DATA__DATA_PATH=str(tmp_path / "empty"),
                                       DATA__DATASET="fashion_mnist", MODEL__NUM_CLASSES=10)
+
+
+def test_check_data_script(tmp_path, capsys):
+    check = load_script("check_data")
+    root = write_folder(tmp_path / "ok", classes=("a", "b"), per_class=(3, 1))
+    assert check.main([root, "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 6 images, 2 classes with images, 0 unreadable" in out and "  a\t3" in out
+    bad = os.path.join(root, "val", "b", "b_0.JPEG")
+    open(bad, "wb").write(b"not a jpeg")
+    assert check.main([root, "--workers", "0", "--json", str(tmp_path / "r.json")]) == 1
+    assert bad in capsys.readouterr().out
+    assert json.load(open(tmp_path / "r.json"))["val"]["unreadable"][0].startswith(f"Cannot decode image {bad}")
+    assert check.main([os.path.join(root, "train"), "--workers", "0"]) == 0  # a single split folder
+    assert check.main([str(tmp_path / "missing"), "--workers", "0"]) == 2
+
+
+def test_benchmark_script_runs_and_writes_json(tmp_path):
+    bench = load_script("benchmark_data")
+    out = tmp_path / "b.json"
+    assert bench.main(["--dir", str(tmp_path / "imgs"), "--num-images", "4", "--repeats", "1", "--out", str(out)]) == 0
+    res = json.load(open(out))
+    assert res["images"] == 4 and res["speedup"] > 0 and res["ours"]["cpu_ms_per_image"] > 0
+    assert Image.open(tmp_path / "imgs" / "train" / "c0" / "0.JPEG").size == (500, 375)

@@ -1,0 +1,95 @@
+"""Decode + transform in one step, cheaper than decoding and then running the Compose, same results.
+
+`FastPipeline(transform)` wraps a Compose built by `build_transform` and runs it on an encoded image:
+- RandomResizedCrop: the crop is drawn from the JPEG header size before decoding (the same RNG draws as
+  timm's transform, so every later augmentation is unchanged). When the crop box is at least 2x, 4x or 8x
+  the output size, the JPEG is decoded at 1/2, 1/4 or 1/8 scale (PIL `Image.draft`, DCT scaling) and the
+  crop is resized from there; otherwise the result is bitwise identical to the plain transform.
+- ToTensor + Normalize are fused into one in-place pass with the same float32 operations (bitwise equal).
+Evaluation images are never draft-decoded, so reported accuracy uses the exact official preprocessing.
+"""
+from __future__ import annotations
+
+import io
+import random
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as F
+from PIL import Image
+from timm.data.transforms import MaybeToTensor, RandomResizedCropAndInterpolation
+from torchvision import transforms as T
+
+from data.errors import CorruptImageError
+from data.images import DECODE_ERRORS, to_rgb
+
+
+def to_normalized_tensor(img: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """ToTensor then Normalize for an 8-bit RGB image, in one buffer (same float32 ops, same bits)."""
+    arr = np.asarray(img)  # read-only view of PIL's buffer: numpy converts it, torch never wraps it
+    out = torch.empty((3, arr.shape[0], arr.shape[1]), dtype=torch.float32)
+    np.copyto(out.numpy(), arr.transpose(2, 0, 1), casting="unsafe")  # uint8 -> float32 is exact
+    return out.div_(255).sub_(mean).div_(std)
+
+
+def draft_factor(crop_w: int, crop_h: int, out_w: int, out_h: int) -> int:
+    """Largest JPEG reduction (1, 2, 4, 8) that keeps the crop at least as large as the output."""
+    r = 1
+    while r < 8 and crop_w >= 2 * r * out_w and crop_h >= 2 * r * out_h:
+        r *= 2
+    return r
+
+
+class FastPipeline:
+    """Encoded image (path, bytes or file object) -> the tensor `transform` would give for its decoded image."""
+
+    def __init__(self, transform: Callable, allow_draft: bool = True) -> None:
+        steps = list(getattr(transform, "transforms", [transform]))
+        self.crop = steps.pop(0) if steps and isinstance(steps[0], RandomResizedCropAndInterpolation) else None
+        self.allow_draft = allow_draft and self.crop is not None
+        self.middle, self.norm, self.tail = steps, None, []
+        for k in range(len(steps) - 1):
+            if isinstance(steps[k], (MaybeToTensor, T.ToTensor)) and isinstance(steps[k + 1], T.Normalize):
+                n = steps[k + 1]
+                self.norm = (torch.as_tensor(n.mean, dtype=torch.float32)[:, None, None],
+                             torch.as_tensor(n.std, dtype=torch.float32)[:, None, None])
+                self.middle, self.tail = steps[:k], steps[k + 2 :]
+                break
+
+    def _open_cropped(self, fp: BinaryIO) -> Image.Image:
+        img = Image.open(fp)
+        if self.crop is None:
+            img.load()
+            return to_rgb(img)
+        c = self.crop
+        i, j, h, w = c.get_params(img, c.scale, c.ratio)  # needs only the header size
+        interp = random.choice(c.interpolation) if isinstance(c.interpolation, (tuple, list)) else c.interpolation
+        out_h, out_w = c.size
+        r = draft_factor(w, h, out_w, out_h) if self.allow_draft and img.format == "JPEG" else 1
+        if r == 1:
+            img.load()
+            return F.resized_crop(to_rgb(img), i, j, h, w, list(c.size), interp)
+        full_w, full_h = img.size
+        img.draft("RGB", (full_w // r, full_h // r))  # PIL picks the largest scale that stays >= this
+        img.load()
+        sx, sy = img.size[0] / full_w, img.size[1] / full_h
+        box = (j * sx, i * sy, (j + w) * sx, (i + h) * sy)
+        return to_rgb(img).resize((out_w, out_h), F.pil_modes_mapping[interp], box=box)
+
+    def __call__(self, source: str | bytes | BinaryIO, name: str) -> Any:
+        try:
+            if isinstance(source, str):
+                with open(source, "rb") as f:
+                    img = self._open_cropped(f)
+            else:
+                fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+                img = self._open_cropped(fp)
+        except DECODE_ERRORS as e:
+            raise CorruptImageError(f"Cannot decode image {name}: {type(e).__name__}: {e}") from e
+        for t in self.middle:
+            img = t(img)
+        x = to_normalized_tensor(img, *self.norm) if self.norm is not None else img
+        for t in self.tail:
+            x = t(x)
+        return x

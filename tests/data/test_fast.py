@@ -1,0 +1,75 @@
+"""FastPipeline gives what decode + the official transform gives: bitwise, or (draft) with the same crop."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.base import seeded_rngs
+from data.fast import FastPipeline, draft_factor, to_normalized_tensor
+from data.images import decode_rgb
+from data.transforms import build_transform
+from tests.data.conftest import make_cfg
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fast")
+    rng = np.random.default_rng(3)
+    out = []
+    for k, (w, h) in enumerate([(120, 90), (64, 200), (50, 50)]):
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+        p = d / f"{k}.jpg"
+        coarse.save(p, quality=92)
+        out.append(str(p))
+    Image.fromarray(rng.integers(0, 256, (40, 60, 4), dtype=np.uint8)).save(d / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (70, 50), dtype=np.uint8)).save(d / "gray.jpg")
+    big = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((800, 600), Image.BICUBIC)
+    big.save(d / "big.jpg", quality=95)
+    return out + [str(d / "rgba.png"), str(d / "gray.jpg")], str(d / "big.jpg")
+
+
+def test_fused_tensor_conversion_is_bitwise():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8))
+    t = build_transform(False, make_cfg(DATA__IMG_SIZE=5))
+    norm = t.transforms[-1]
+    ref = t.transforms[-1](t.transforms[-2](img))
+    mean, std = torch.tensor(norm.mean)[:, None, None], torch.tensor(norm.std)[:, None, None]
+    assert torch.equal(to_normalized_tensor(img, mean, std), ref)
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+def test_same_bits_as_decode_then_transform(files, is_train):
+    paths, _ = files
+    t = build_transform(is_train, make_cfg(DATA__IMG_SIZE=40))
+    fast = FastPipeline(t, allow_draft=False)
+    for p in paths:
+        for seed in range(6):
+            with seeded_rngs(seed):
+                ref, after_ref = t(decode_rgb(p, p)), random.random()
+            with seeded_rngs(seed):
+                got, after_got = fast(p, p), random.random()
+            with seeded_rngs(seed):
+                from_bytes = fast(open(p, "rb").read(), p)
+            assert torch.equal(got, ref) and torch.equal(from_bytes, ref) and after_got == after_ref, (p, seed)
+
+
+def test_draft_keeps_the_crop_and_the_rng_stream(files):
+    _, big = files
+    t = build_transform(True, make_cfg(DATA__IMG_SIZE=64, AUG__AUTO_AUGMENT="none", AUG__REPROB=0.0,
+                                       AUG__COLOR_JITTER=0.0))
+    exact, fast = FastPipeline(t, allow_draft=False), FastPipeline(t, allow_draft=True)
+    drafted = 0
+    for seed in range(12):
+        with seeded_rngs(seed):
+            i, j, h, w = t.transforms[0].get_params(Image.open(big), t.transforms[0].scale, t.transforms[0].ratio)
+        drafted += draft_factor(w, h, 64, 64) > 1
+        with seeded_rngs(seed):
+            a, ra = exact(big, big), random.random()
+        with seeded_rngs(seed):
+            b, rb = fast(big, big), random.random()
+        assert ra == rb and a.shape == b.shape == (3, 64, 64)
+        assert (a - b).abs().mean() < 0.05  # the same crop, decoded at a lower scale (normalized units)
+    assert drafted >= 3
+    assert [draft_factor(w, 300, 64, 64) for w in (100, 128, 256, 600)] == [1, 2, 4, 4]
