@@ -1,8 +1,8 @@
 """What every image data set shares: per-sample augmentation seeds, corrupt-image policy and counter.
 
 Determinism: training samplers yield `(index, seed)` pairs. While transforming such a sample, the CPU RNGs
-that augmentations draw from (python `random`, numpy, torch) are seeded from `seed` and restored afterwards,
-so a sample's augmentation is a pure function of (SEED, epoch, rank, position in the epoch) -- independent
+that augmentations draw from (python `random`, numpy, torch) are seeded from `seed` (and restored afterwards
+in the main process), so a sample's augmentation is a pure function of (SEED, epoch, rank, position in the epoch) -- independent
 of NUM_WORKERS, persistent workers and of resuming. Plain integer indices use the ambient RNG.
 
 Corrupt images: with on_corrupt="error" the first unreadable file raises CorruptImageError naming it; with

@@ -124,6 +124,9 @@ def _loader(cfg, dataset: Dataset, sampler: Sampler, device: torch.device, train
 def _train_sampler(cfg, dataset: Dataset, rank: int, world_size: int) -> Sampler:
     n = len(dataset)
     if cfg.AUG.REPEATED_AUG:
+        if cfg.DATA.ZIP_MODE and cfg.DATA.CACHE_MODE == "part" and world_size > 1:
+            log.warning("AUG.REPEATED_AUG sends images to every rank, so DATA.CACHE_MODE part serves only about "
+                        "1/%d of reads from memory; use CACHE_MODE full or no.", world_size)
         return RASampler(n, world_size, rank, cfg.SEED, cfg.AUG.REPEATED_AUG_REPEATS)
     if cfg.DATA.ZIP_MODE and cfg.DATA.CACHE_MODE == "part" and cfg.DATA.DATASET == "imagenet":
         return ShardTrainSampler(n, world_size, rank, cfg.SEED)

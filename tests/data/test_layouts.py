@@ -49,9 +49,9 @@ def test_zip_handle_is_lazy_and_per_process(zipped):
     _, z = zipped
     cfg = make_cfg(DATA__DATA_PATH=z, DATA__ZIP_MODE=True, DATA__CACHE_MODE="no", DATA__NUM_WORKERS=2)
     L = build_loaders(cfg, 0, 1, torch.device("cpu"))
-    L.val_set[0]
-    assert L.val_set._fh is not None  # opened here; workers must open their own
-    assert sum(len(y) for _, y in L.val_loader) == 9
+    main_side = torch.stack([L.val_set[i][0] for i in range(9)])
+    assert L.val_set._fh is not None  # opened here; forked workers must open their own, not share its offset
+    assert torch.equal(torch.cat([x for x, _ in L.val_loader]), main_side)
 
 
 def test_zip_map_accepts_official_prefix_and_reports_missing(zipped, tmp_path):
