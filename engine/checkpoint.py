@@ -132,12 +132,12 @@ def load_checkpoint(path: str, mmap: bool = False) -> dict:
     except IsADirectoryError:
         raise CheckpointError(f"Checkpoint {path} is a directory; pass the .pth file inside it.") from None
     except pickle.UnpicklingError as e:
-        # torch's message tells the user to retry with weights_only=False; keep only the offending global.
-        why = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
+        # torch's message suggests weights_only=False or allow-listing the global: keep only the global's name.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        why = f" (it references {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"Checkpoint {path} holds Python objects other than tensors and plain data, so it was not loaded "
-            f"and nothing in it was run{f' ({why})' if why else ''}. Only use files you trust, saved as plain "
-            "state dicts."
+            f"Checkpoint {path} holds Python objects other than tensors and plain data{why}, so it was not "
+            "loaded and nothing in it was run. Only use files you trust, saved as plain state dicts."
         ) from None
     except PermissionError:
         raise CheckpointError(f"Checkpoint {path} cannot be read: permission denied.") from None
