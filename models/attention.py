@@ -77,7 +77,8 @@ class WindowAttention(nn.Module):
             return None if mask is None else mask.to(dtype).unsqueeze(1)  # nW, 1, N, N
         if table.requires_grad and torch.is_grad_enabled():
             return self._combine(mask, dtype)  # must stay in the autograd graph: not cached
-        key = (mask_key, dtype, table.device, table.data_ptr(), table._version)
+        # a new table object, an in-place update (optimizer step, load_state_dict) or a move invalidates the entry
+        key = (mask_key, dtype, id(table), table._version, table.device, table.dtype)
         bias = self._cache.get(key)
         if bias is None:
             if len(self._cache) >= _CACHE_SIZE:

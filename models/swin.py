@@ -67,7 +67,7 @@ class SwinTransformerBlock(nn.Module):
         input_resolution: Tuple[int, int],
         num_heads: int,
         window_size: int,
-        shift_size: int,
+        shifted: bool,
         mlp_ratio: float,
         qkv_bias: bool,
         qk_scale: Optional[float],
@@ -79,11 +79,11 @@ class SwinTransformerBlock(nn.Module):
         attn_impl: str,
     ) -> None:
         super().__init__()
-        if min(input_resolution) <= window_size:
-            # official rule: a window as large as the map covers it whole, and shifting would change nothing
-            window_size, shift_size = min(input_resolution), 0
+        # official rule: a window never exceeds the map it was built for (and then there is nothing to shift,
+        # which _attention decides from the runtime size, so other input sizes behave as torchvision's)
+        window_size = min(window_size, *input_resolution)
         self.window = (window_size, window_size)
-        self.shift_size = shift_size
+        self.shift_size = window_size // 2 if shifted else 0
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(
             dim, num_heads, self.window, qkv_bias, qk_scale, attn_drop, drop,
@@ -108,7 +108,8 @@ class SwinTransformerBlock(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # B, Hp, Wp, C
         Hp, Wp = H + pad_h, W + pad_w
-        # per axis, a map no larger than the window is one window: nothing to shift (as torchvision)
+        # per axis, a map no larger than one window has nothing to shift (torchvision's rule; at the size the
+        # model was built for it equals the official one)
         shift = (self.shift_size if Hp > wh else 0, self.shift_size if Wp > ww else 0)
         mask = None
         if any(shift):
@@ -135,8 +136,8 @@ class BasicLayer(nn.Module):
         super().__init__()
         self.use_checkpoint = use_checkpoint
         self.blocks = nn.ModuleList(
-            SwinTransformerBlock(dim, input_resolution, num_heads, window_size,
-                                 window_size // 2 if shift and i % 2 else 0, drop_path=drop_path[i], **block_kwargs)
+            SwinTransformerBlock(dim, input_resolution, num_heads, window_size, shift and i % 2 == 1,
+                                 drop_path=drop_path[i], **block_kwargs)
             for i in range(depth)
         )
         self.downsample = PatchMerging(dim) if downsample else None
@@ -188,7 +189,7 @@ class SwinTransformer(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm)
         self.absolute_pos_embed = nn.Parameter(torch.zeros(1, grid * grid, embed_dim)) if ape else None
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth grows per block
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # stochastic depth grows per block
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             res = grid // 2**i

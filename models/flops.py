@@ -1,0 +1,42 @@
+"""Parameter and FLOP counts in the paper's convention (FLOPs = multiply-adds of matmuls and convolutions)."""
+import logging
+from typing import Tuple, Union
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .attention import WindowAttention
+
+log = logging.getLogger(__name__)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, img_size: Union[int, Tuple[int, int]], in_chans: int = 3) -> int:
+    """Multiply-adds of one forward pass on a single in_chans x H x W image.
+
+    Counts every matmul and convolution, including the attention products (run with the eager kernel so
+    they are visible whatever kernel the model normally uses); norms, softmax and activations are not
+    counted, as in the paper's GFLOPs. Works on a model on the meta device (no compute at all).
+    """
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    param = next(model.parameters())
+    attns = [m for m in model.modules() if isinstance(m, WindowAttention)]
+    impls = [m.attn_impl for m in attns]
+    was_training = model.training
+    try:
+        for m in attns:
+            m.attn_impl = "eager"
+        model.eval()
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, in_chans, h, w, device=param.device, dtype=param.dtype))
+    finally:
+        for m, impl in zip(attns, impls):
+            m.attn_impl = impl
+        model.train(was_training)
+    return counter.get_total_flops() // 2  # FlopCounterMode counts 2 per multiply-add

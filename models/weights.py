@@ -1,0 +1,199 @@
+"""Load Swin weights from the official, timm or torchvision layout, exactly or for fine-tuning.
+
+Files are read with torch.load(weights_only=True): nothing in a checkpoint is ever run as code. "exact" mode
+demands every parameter with its shape; "finetune" mode resizes relative position bias tables and the
+absolute position embedding (bicubic, as the official fine-tuning code), maps a 21,841-way IN-22K head to the
+1,000 IN-1K classes, and re-initialises any other head that does not fit.
+"""
+import logging
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .imagenet22k import IN22K_NUM_CLASSES, in22k_to_in1k_indices
+
+log = logging.getLogger(__name__)
+
+MODES = ("exact", "finetune")
+_BUFFERS = ("relative_position_index", "attn_mask", "relative_coords_table")  # derived, never loaded
+_HEAD = ("head.weight", "head.bias")
+
+
+class WeightsError(RuntimeError):
+    """A weights file or state dict that cannot be loaded into the model as asked."""
+
+
+@dataclass
+class LoadReport:
+    """What load_weights did with every key (official names)."""
+
+    source: str
+    layout: str
+    mode: str
+    loaded: List[str] = field(default_factory=list)
+    resized: List[str] = field(default_factory=list)
+    remapped: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    reinitialized: List[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors from {self.source} ({self.layout} layout, {self.mode} mode)"]
+        for name in ("resized", "remapped", "skipped", "reinitialized"):
+            keys = getattr(self, name)
+            if keys:
+                lines.append(f"  {name} ({len(keys)}): {', '.join(keys)}")
+        return "\n".join(lines)
+
+
+def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The tensors of a checkpoint file, loaded without running any code stored in it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise WeightsError(
+            f"refusing to load {path}: it holds pickled Python objects, not only tensors, and unpickling them "
+            f"could run code. Re-save it as a plain state dict (torch.save(model.state_dict(), ...)). ({err})"
+        ) from None
+
+
+def _unwrap(obj: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    for key in ("model", "state_dict", "module"):  # official / Lightning-style / DeepSpeed-style wrappers
+        if key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    sd = {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}  # DistributedDataParallel prefix
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def _from_timm(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    # timm >= 0.9 downsamples at the START of stages 1..3 and wraps the classifier in head.fc
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^layers_(\d+)\.", r"layers.\1.", k)
+        k = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
+        out[k.replace("head.fc.", "head.")] = v
+    return out
+
+
+def _from_torchvision(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    # features.0 = conv + LayerNorm, features.2i+1 = blocks of stage i, features.2i+2 = its PatchMerging;
+    # torchvision concatenates the 2x2 neighbourhood in the official order, so no channel permutation
+    out = {}
+    for k, v in sd.items():
+        k = k.replace("features.0.0.", "patch_embed.proj.").replace("features.0.2.", "patch_embed.norm.")
+        m = re.match(r"features\.(\d+)\.(.*)", k)
+        if m:
+            n, rest = int(m.group(1)), m.group(2)
+            k = f"layers.{(n - 1) // 2}.blocks.{rest}" if n % 2 else f"layers.{n // 2 - 1}.downsample.{rest}"
+        out[k.replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.3.", ".mlp.fc2.")] = v
+    return out
+
+
+def _detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
+    if "features.0.0.weight" in sd:
+        return "torchvision"
+    if "head.fc.weight" in sd or any(k.startswith("layers_") for k in sd):
+        return "timm"
+    if not any(".downsample." in k and k.startswith("layers.0.") for k in sd) and any(
+        k.startswith("layers.1.downsample.") for k in sd
+    ):
+        return "timm"  # headless timm checkpoint: stage 0 has no downsample there
+    return "official"
+
+
+_CONVERTERS: Dict[str, Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]] = {
+    "official": lambda sd: sd, "timm": _from_timm, "torchvision": _from_torchvision,
+}
+
+
+def resize_bias_table(table: torch.Tensor, window: int) -> torch.Tensor:
+    """Bicubic resize of a ((2W'-1)^2, heads) bias table to window W, on the (2W-1, 2W-1) grid of each head."""
+    src = int(round(table.shape[0] ** 0.5))
+    grid = table.float().permute(1, 0).reshape(1, -1, src, src)  # 1, heads, 2W'-1, 2W'-1
+    grid = F.interpolate(grid, size=(2 * window - 1, 2 * window - 1), mode="bicubic", align_corners=False)
+    return grid.reshape(table.shape[1], -1).permute(1, 0).to(table.dtype)  # (2W-1)^2, heads
+
+
+def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Bicubic resize of a (1, L, C) square absolute position embedding to num_patches tokens."""
+    src, dst = int(round(pos.shape[1] ** 0.5)), int(round(num_patches**0.5))
+    grid = pos.float().reshape(1, src, src, -1).permute(0, 3, 1, 2)  # 1, C, S, S
+    grid = F.interpolate(grid, size=(dst, dst), mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, dst * dst, -1).to(pos.dtype)  # 1, L', C
+
+
+def load_weights(
+    model: nn.Module, source: Union[str, os.PathLike, Mapping[str, Any]], mode: str = "exact"
+) -> LoadReport:
+    """Load official/timm/torchvision Swin weights (a path or a state dict) into model and report what happened."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    raw = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
+    layout = _detect_layout(_unwrap(raw))
+    sd = _CONVERTERS[layout](_unwrap(raw))
+    report = LoadReport(name, layout, mode)
+    report.skipped = sorted(k for k in sd if k.rsplit(".", 1)[-1] in _BUFFERS)
+    sd = {k: v for k, v in sd.items() if k not in report.skipped}
+    target = model.state_dict()
+    if mode == "finetune":
+        sd = _adapt(model, sd, target, report)
+    missing = [k for k in target if k not in sd]
+    unexpected = [k for k in sd if k not in target]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
+              for k in sd if k in target and sd[k].shape != target[k].shape]
+    if mode == "finetune":
+        report.skipped += unexpected
+        unexpected = []
+    if missing or unexpected or shapes:
+        parts = [f"{name} ({layout} layout) does not fit the model in {mode} mode"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
+            if keys:
+                parts.append(f"{title} ({len(keys)}): " + "; ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+        parts.append("check the architecture (MODEL.SWIN.*) or use finetune mode for another window, size or head")
+        raise WeightsError("\n".join(parts))
+    model.load_state_dict({k: sd[k] for k in target}, strict=True)
+    report.loaded = [k for k in target if k not in report.reinitialized]
+    log.info("%s", report)
+    return report
+
+
+def _adapt(model: nn.Module, sd: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor],
+           report: LoadReport) -> Dict[str, torch.Tensor]:
+    """Fine-tuning adaptations: resized position tables, 22K -> 1K head, re-initialised other heads."""
+    sd = dict(sd)
+    for k, v in sd.items():
+        if k not in target or v.shape == target[k].shape:
+            continue
+        if k.endswith("relative_position_bias_table") and v.shape[1] == target[k].shape[1]:
+            window = (int(round(target[k].shape[0] ** 0.5)) + 1) // 2
+            sd[k] = resize_bias_table(v, window)
+            report.resized.append(k)
+        elif k == "absolute_pos_embed" and v.shape[2] == target[k].shape[2]:
+            sd[k] = resize_pos_embed(v, target[k].shape[1])
+            report.resized.append(k)
+    head_shapes = [(sd[k].shape, target[k].shape) for k in _HEAD if k in sd and k in target]
+    if any(a != b for a, b in head_shapes) or any(k in target and k not in sd for k in _HEAD):
+        if head_shapes and head_shapes[0][0][0] == IN22K_NUM_CLASSES and head_shapes[0][1][0] == 1000:
+            rows = torch.tensor(in22k_to_in1k_indices())
+            for k in _HEAD:
+                if k in sd:
+                    sd[k] = sd[k][rows]
+                    report.remapped.append(k)
+        else:
+            log.warning("head of the checkpoint does not fit the model's %d classes: re-initialising it",
+                        getattr(model, "num_classes", -1))
+            for k in _HEAD:
+                if k in target:
+                    sd[k] = target[k]
+                    report.reinitialized.append(k)
+    return sd

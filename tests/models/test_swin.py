@@ -1,0 +1,165 @@
+import pytest
+import timm
+import torch
+import torchvision
+from timm.models.swin_transformer import checkpoint_filter_fn
+
+import models
+from models import SwinTransformer, create_model
+from models.weights import load_weights
+from tests.models.helpers import perturb, tiny_kwargs
+
+
+def _timm_twin(model, name, **kwargs):
+    ref = timm.create_model(name, weight_init="skip", **kwargs).eval()
+    ref.load_state_dict(checkpoint_filter_fn(model.state_dict(), ref))
+    return ref
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_logits_equal_timm_for_every_variant(name):
+    # the tiny model runs in full; the deeper ones keep width, heads, window and image size at 2 blocks per stage
+    depths = None if name.startswith("swin_tiny") else (2, 2, 2, 2)
+    kw = {} if depths is None else {"depths": depths}
+    torch.manual_seed(0)
+    model = perturb(create_model(name, **kw)).eval()
+    ref = _timm_twin(model, name, **kw)
+    size = models.ZOO[name].img_size
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        out, expected = model(x), ref(x)
+    assert out.shape == (1, 1000)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
+
+
+def _tv_twin(seed=0):
+    torch.manual_seed(seed)
+    tv = perturb(torchvision.models.swin_t(), scale=0.3).eval()
+    model = create_model("swin_tiny_patch4_window7_224").eval()
+    report = load_weights(model, tv.state_dict())
+    assert report.layout == "torchvision" and len(report.loaded) == len(model.state_dict())
+    return model, tv
+
+
+def test_logits_equal_torchvision_swin_t_at_any_input_size():
+    # 100x150 and 256x320 are neither square nor multiples of the window: padding, runtime masks, stage-4 shift
+    model, tv = _tv_twin()
+    for hw in ((224, 224), (100, 150), (256, 320)):
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), tv(x), rtol=0, atol=1e-4, msg=f"input {hw}")
+
+
+def test_runtime_masks_are_cached_per_size():
+    model = SwinTransformer(**tiny_kwargs()).eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+        model(torch.randn(1, 3, 60, 88))
+        model(torch.randn(2, 3, 60, 88))
+    block = model.layers[0].blocks[1]
+    assert set(k[0] for k in block._masks) == {(16, 16), (16, 24)}  # 15x22 tokens padded to the window
+
+
+def test_sdpa_equals_eager():
+    torch.manual_seed(0)
+    model = perturb(SwinTransformer(**tiny_kwargs(img_size=128))).eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        eager = model(x)
+        model.set_attn_impl("sdpa")
+        sdpa = model(x)
+    torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-5)
+
+
+def test_sdpa_and_eager_gradients_agree_in_training():
+    torch.manual_seed(0)
+    model = perturb(SwinTransformer(**tiny_kwargs()))
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for impl in ("eager", "sdpa"):
+        model.set_attn_impl(impl)
+        model.zero_grad()
+        model(x).square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-5, msg=n)
+    assert grads[0]["layers.0.blocks.1.attn.relative_position_bias_table"].abs().sum() > 0
+
+
+def test_cached_bias_follows_weight_updates():
+    torch.manual_seed(0)
+    model = SwinTransformer(**tiny_kwargs()).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        for m in model.modules():
+            if hasattr(m, "relative_position_bias_table"):
+                m.relative_position_bias_table.add_(1.0)
+        after = model(x)
+        fresh = SwinTransformer(**tiny_kwargs()).eval()
+        fresh.load_state_dict(model.state_dict())
+        assert not torch.equal(before, after)
+        torch.testing.assert_close(after, fresh(x), rtol=0, atol=0)
+
+
+def test_use_checkpoint_gives_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = perturb(SwinTransformer(**tiny_kwargs(drop_path_rate=0.2)))
+    ckpt = SwinTransformer(**tiny_kwargs(drop_path_rate=0.2, use_checkpoint=True))
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    outs = []
+    for model in (plain, ckpt):
+        torch.manual_seed(1)  # same stochastic-depth draws
+        out = model(x)
+        out.square().sum().backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+    for (n, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0, msg=n)
+
+
+def test_state_dict_has_the_official_names_and_no_buffers():
+    sd = create_model("swin_tiny_patch4_window7_224", ape=True).state_dict()
+    for key in ("patch_embed.proj.weight", "patch_embed.norm.weight", "absolute_pos_embed",
+                "layers.0.blocks.1.norm1.weight", "layers.0.blocks.1.attn.qkv.weight",
+                "layers.0.blocks.1.attn.proj.bias", "layers.0.blocks.1.attn.relative_position_bias_table",
+                "layers.0.blocks.1.norm2.bias", "layers.0.blocks.1.mlp.fc1.weight", "layers.0.blocks.1.mlp.fc2.bias",
+                "layers.2.downsample.norm.weight", "layers.2.downsample.reduction.weight", "norm.weight",
+                "head.weight", "head.bias"):
+        assert key in sd, key
+    assert "layers.3.downsample.reduction.weight" not in sd and "layers.0.downsample.reduction.bias" not in sd
+    assert not any("relative_position_index" in k or "attn_mask" in k for k in sd)
+    assert sd["layers.0.blocks.0.attn.relative_position_bias_table"].shape == (169, 3)
+
+
+def test_ablations_remove_shift_and_bias():
+    no_bias = SwinTransformer(**tiny_kwargs(), rel_pos_bias=False)
+    assert not any("relative_position" in k for k in no_bias.state_dict())
+    no_shift = SwinTransformer(**tiny_kwargs(), shift=False)
+    assert all(b.shift_size == 0 for layer in no_shift.layers for b in layer.blocks)
+    base = SwinTransformer(**tiny_kwargs())
+    # maps 16, 8, 4, 2 with window 4: the last window shrinks to 2; a map no larger than its window never shifts
+    assert [b.shift_size for layer in base.layers for b in layer.blocks] == [0, 2, 0, 2, 0, 2, 0, 1]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        base(x)
+    assert [len(b._masks) for layer in base.layers for b in layer.blocks] == [0, 1, 0, 1, 0, 0, 0, 0]
+    for impl in ("eager", "sdpa"):
+        no_bias.set_attn_impl(impl)
+        assert torch.isfinite(no_bias(x)).all()
+
+
+def test_official_init_and_no_weight_decay_names():
+    model = create_model("swin_tiny_patch4_window7_224", ape=True)
+    assert model.no_weight_decay() == {"absolute_pos_embed"}
+    assert model.no_weight_decay_keywords() == {"relative_position_bias_table"}
+    assert torch.count_nonzero(model.head.bias) == 0 and torch.all(model.norm.weight == 1)
+    assert 0.015 < model.layers[0].blocks[0].attn.qkv.weight.std() < 0.02
+    assert 0.015 < model.layers[0].blocks[0].attn.relative_position_bias_table.std() < 0.025
+
+
+def test_wrong_channel_count_raises_one_clear_error():
+    model = SwinTransformer(**tiny_kwargs())
+    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\).*in_chans=1"):
+        model(torch.randn(1, 1, 56, 56))
