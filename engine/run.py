@@ -32,11 +32,12 @@ from engine.optim import build_optimizer, build_schedule, steps_per_epoch
 from engine.state import Progress, checkpoint_state, gather_rng_states, restore_state, restore_weights_for_eval
 from engine.throughput import measure_throughput
 from engine.train import NonFiniteTrainingError, TrainContext, TrainState, build_criterion, train_one_epoch
+from models.weights import WeightsError, load_weights
 
 log = logging.getLogger(__name__)
 
 # Errors a user can cause: reported as one message and exit code 1, without a traceback.
-USER_ERRORS = (ConfigError, data.DataError, ckpt_io.CheckpointError, NonFiniteTrainingError)
+USER_ERRORS = (ConfigError, data.DataError, ckpt_io.CheckpointError, WeightsError, NonFiniteTrainingError)
 
 
 def seed_everything(seed: int) -> None:
@@ -53,13 +54,10 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
 
 def run(cfg: CfgNode) -> int:
     """Run the job the frozen config describes; returns the process exit code."""
-    dist_info = setup_distributed(cfg.DEVICE, cfg.DIST_TIMEOUT)
     try:
-        return _run(cfg, dist_info)
+        return _run(cfg, setup_distributed(cfg.DEVICE, cfg.DIST_TIMEOUT))
     except USER_ERRORS as e:
-        log.error("%s", e)
-        if not logging.getLogger().handlers:
-            print(f"error: {e}")
+        log.error("%s", e)  # before logging is set up, Python's last-resort handler prints it to stderr
         return 1
     finally:
         close_logging()
@@ -117,13 +115,14 @@ def _resume_path(cfg: CfgNode, info: DistInfo, run_dir: str) -> str:
 
 
 def _evaluate_only(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: AmpPolicy) -> int:
-    source = _resume_path(cfg, info, derived.run_dir)
+    # An explicit --resume, then an explicit --pretrained, then the newest checkpoint of this run directory.
+    source = cfg.MODEL.RESUME or ("" if cfg.MODEL.PRETRAINED else _resume_path(cfg, info, derived.run_dir))
     used_ema = False
     if source:
         used_ema = restore_weights_for_eval(ckpt_io.load_checkpoint(source), source, model, cfg.TEST.USE_EMA)
     elif cfg.MODEL.PRETRAINED:
         source = cfg.MODEL.PRETRAINED
-        log.info("%s", models.load_weights(model, source, mode="exact"))
+        load_weights(model, source, mode="exact")  # logs what it loaded
     else:
         raise ConfigError("EVAL_MODE needs weights: pass --resume <checkpoint> or --pretrained <weights file>.")
     result = evaluate(model, loaders.val_loader, info.device, amp)
@@ -145,7 +144,7 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
     raw = model
     resume = _resume_path(cfg, info, derived.run_dir)
     if cfg.MODEL.PRETRAINED and not resume:
-        log.info("%s", models.load_weights(raw, cfg.MODEL.PRETRAINED, mode="finetune"))
+        load_weights(raw, cfg.MODEL.PRETRAINED, mode="finetune")  # logs what it loaded, resized, remapped
     elif cfg.MODEL.PRETRAINED:
         log.info("MODEL.PRETRAINED is ignored: resuming from %s", resume)
     optimizer = build_optimizer(cfg, raw, derived.base_lr, info.device)

@@ -21,6 +21,7 @@ from engine.checkpoint import CheckpointError, capture_rng_state, restore_rng_st
 from engine.distributed import all_gather_object
 from engine.ema import ema_state, load_ema_state
 from engine.train import TrainState
+from models.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +124,6 @@ def restore_weights_for_eval(ckpt: dict, path: str, model: nn.Module, use_ema: b
     take_ema = bool(use_ema and ckpt.get("ema"))
     if use_ema and not take_ema:
         log.warning("TEST.USE_EMA is set but checkpoint %s has no EMA weights; evaluating its model weights.", path)
-    try:
-        model.load_state_dict(ckpt["ema"] if take_ema else ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"Checkpoint {path} does not fit this model ({str(e).splitlines()[0]}...). Evaluate with the config "
-            "it was trained with, or use --pretrained for official/timm weight files."
-        ) from None
+    # load_weights also reads official/timm layouts (e.g. an official checkpoint passed to --resume --eval).
+    load_weights(model, ckpt["ema"] if take_ema else ckpt["model"], mode="exact")
     return take_ema
