@@ -42,12 +42,13 @@ def _tv_twin(seed=0):
 
 
 def test_logits_equal_torchvision_swin_t_at_any_input_size():
-    # 100x150 and 256x320 are neither square nor multiples of the window: padding, runtime masks, stage-4 shift
+    # 100x260 is neither square nor a multiple of the window in any stage (padding and runtime masks everywhere),
+    # and its 4x9 last stage is shifted along the width only
     model, tv = _tv_twin()
-    for hw in ((224, 224), (100, 150), (256, 320)):
-        x = torch.randn(1, 3, *hw)
-        with torch.no_grad():
-            torch.testing.assert_close(model(x), tv(x), rtol=0, atol=1e-4, msg=f"input {hw}")
+    x = torch.randn(1, 3, 100, 260)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x), rtol=0, atol=1e-4)
+    assert [len(b._masks) for b in model.layers[3].blocks] == [0, 1]
 
 
 def test_runtime_masks_are_cached_per_size():
@@ -151,11 +152,12 @@ def test_ablations_remove_shift_and_bias():
 
 
 def test_official_init_and_no_weight_decay_names():
+    torch.manual_seed(0)
     model = create_model("swin_tiny_patch4_window7_224", ape=True)
     assert model.no_weight_decay() == {"absolute_pos_embed"}
     assert model.no_weight_decay_keywords() == {"relative_position_bias_table"}
     assert torch.count_nonzero(model.head.bias) == 0 and torch.all(model.norm.weight == 1)
-    assert 0.015 < model.layers[0].blocks[0].attn.qkv.weight.std() < 0.02
+    assert 0.019 < model.layers[0].blocks[0].attn.qkv.weight.std() < 0.021  # trunc_normal std .02
     assert 0.015 < model.layers[0].blocks[0].attn.relative_position_bias_table.std() < 0.025
 
 

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from configs import get_config
+from configs.defaults import get_defaults
+from models import SwinTransformer, build_model
+from models.build import swin_kwargs
+
+
+def test_default_config_builds_swin_tiny():
+    model = build_model(get_config())
+    assert isinstance(model, SwinTransformer)
+    assert sum(p.numel() for p in model.parameters()) == 28_288_354
+
+
+def test_every_config_key_reaches_the_model():
+    cfg = get_config(opts=[
+        "MODEL.NAME", "swin_base_patch4_window12_384_22kto1k_finetune", "DATA.IMG_SIZE", "64",
+        "MODEL.NUM_CLASSES", "7", "MODEL.DROP_RATE", "0.1", "MODEL.DROP_PATH_RATE", "0.3",
+        "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[2, 2]", "MODEL.SWIN.NUM_HEADS", "[1, 2]",
+        "MODEL.SWIN.WINDOW_SIZE", "4", "MODEL.SWIN.APE", "True", "MODEL.SWIN.SHIFT", "False",
+        "MODEL.SWIN.REL_POS_BIAS", "False", "MODEL.SWIN.ATTN_IMPL", "sdpa", "TRAIN.USE_CHECKPOINT", "True",
+        "MODEL.SWIN.IN_CHANS", "1",
+    ])
+    kw = swin_kwargs(cfg)
+    assert kw["img_size"] == 64 and kw["num_classes"] == 7 and kw["drop_rate"] == 0.1
+    assert kw["depths"] == (2, 2) and kw["num_heads"] == (1, 2) and kw["window_size"] == 4
+    assert kw["ape"] and not kw["shift"] and not kw["rel_pos_bias"] and kw["use_checkpoint"]
+    model = build_model(cfg)  # the name suffix does not matter: the architecture comes from MODEL.SWIN.*
+    assert model.head.out_features == 7 and model.absolute_pos_embed.shape == (1, 256, 16)
+    assert model.layers[0].use_checkpoint and model.layers[1].blocks[0].drop_path.drop_prob == pytest.approx(0.2)
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 7)
+
+
+def test_attn_impl_auto_follows_the_device():
+    cfg = get_config(opts=["MODEL.SWIN.ATTN_IMPL", "auto"])
+    assert swin_kwargs(cfg)["attn_impl"] == "eager"
+    assert swin_kwargs(cfg, torch.device("cpu"))["attn_impl"] == "eager"
+    assert swin_kwargs(cfg, torch.device("cuda"))["attn_impl"] == "sdpa"
+
+
+def test_timm_type_builds_a_baseline():
+    cfg = get_config(opts=["MODEL.TYPE", "timm", "MODEL.NAME", "resnet18", "MODEL.NUM_CLASSES", "10"])
+    model = build_model(cfg)
+    assert type(model).__name__ == "ResNet" and model.num_classes == 10
+
+
+def test_unknown_type_is_one_clear_error():
+    cfg = get_defaults()  # get_config itself already rejects the value; build_model must too
+    cfg.MODEL.TYPE = "vit"
+    with pytest.raises(ValueError, match="MODEL.TYPE must be 'swin' or 'timm', got 'vit'"):
+        build_model(cfg)
