@@ -1,0 +1,65 @@
+"""scripts/benchmark.py: the side-by-side benchmark end to end on a tiny model, and the saved-tensor counter."""
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from scripts import benchmark
+
+
+def test_benchmark_writes_every_setting_and_ratio(tmp_path):
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--model", "tiny", "--batch", "2", "--threads", "1", "--iters", "1", "--repeats", "2",
+                           "--warmup", "0", "--memory-model", "tiny", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["batch"] == 2 and r["threads"] == 1 and r["device"] == "cpu" and r["device_name"]
+    assert r["torch"] == torch.__version__ and r["timm"] and r["torchvision"] and r["date"]
+    assert set(r["settings"]) == set(benchmark.SETTINGS)
+    for setting, timed in r["settings"].items():
+        assert set(timed) == {"ours", "timm", "torchvision"}
+        for rec in timed.values():
+            assert len(rec["times"]) == 2 and rec["img_per_s"] == pytest.approx(2 / rec["sec_per_iter"])
+        for base in ("timm", "torchvision"):
+            assert r["ratios"][setting][f"ours/{base}"] == pytest.approx(
+                timed["ours"]["img_per_s"] / timed[base]["img_per_s"])
+    mem = r["activation_memory"]["bytes_per_image"]
+    assert 0 < mem["checkpoint"] < mem["no_checkpoint"]
+    assert mem["reduction"] == pytest.approx(1 - mem["checkpoint"] / mem["no_checkpoint"])
+
+
+def test_implementations_build_the_same_architecture():
+    arch = benchmark.TINY
+    counts = {impl: sum(p.numel() for p in benchmark.build(impl, arch, torch.device("cpu")).parameters())
+              for impl in ("ours", "timm", "torchvision")}
+    assert len(set(counts.values())) == 1, counts
+
+
+def test_counter_counts_each_saved_storage_once_and_skips_parameters():
+    torch.manual_seed(0)
+    lin1, lin2 = nn.Linear(4, 3), nn.Linear(3, 3)
+    params = list(lin1.parameters()) + list(lin2.parameters())
+    x = torch.randn(5, 4)  # 80 bytes
+
+    def branch(h):
+        return torch.relu(lin2(torch.relu(h)))
+
+    with benchmark.SavedTensorCounter(params) as plain:
+        h = lin1(x)  # saves x (the weight is a parameter)
+        y = branch(h)  # relu saves its 60-byte output, which lin2 saves again; the last relu saves 60 more
+        y * y  # saves y twice: the same storage
+        y[:, :2].exp()  # saves its 40-byte result
+    assert plain.nbytes == 80 + 60 + 60 + 40
+    with benchmark.SavedTensorCounter(params) as ckpt:
+        h = lin1(x)
+        checkpoint(branch, h, use_reentrant=False)  # keeps only its 60-byte input h
+    assert ckpt.nbytes == 80 + 60
+
+
+def test_save_path_and_device_defaults():
+    args = benchmark.parse_args(["--save", "--model", "base"])
+    assert args.batch == 8 and args.json.endswith("benchmarks/cpu-base.json")
+    assert benchmark.arch_of("base") == benchmark.arch_of("swin_base_patch4_window7_224")
+    with pytest.raises(SystemExit):
+        benchmark.arch_of("resnet50")
