@@ -17,8 +17,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-import models
 from engine.checkpoint import atomic_write
+from models.flops import count_flops, count_params
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def count_gflops(model: nn.Module, img_size: int) -> float | None:
-    """Multiply-add GFLOPs of one image (models.count_flops, batch 1, on the model's device); None on failure.
+    """Multiply-add GFLOPs of one image (count_flops, batch 1, on the model's device); None on failure.
 
     The count depends on shapes only, so it runs once on whatever device holds the model, unwrapped from
     DDP / torch.compile so no collective or recompilation is triggered.
     """
     try:
-        return float(f"{models.count_flops(_unwrap(model), img_size) / 1e9:.6g}")
+        return float(f"{count_flops(_unwrap(model), img_size) / 1e9:.6g}")
     except Exception as e:  # a report without FLOPs beats a crash after a long evaluation
         log.warning("GFLOPs not counted (%s: %s); the report shows none.", type(e).__name__, e)
         return None
@@ -96,7 +96,7 @@ def build_eval_record(
     record = {
         "model": cfg.MODEL.NAME,
         "img_size": int(cfg.DATA.IMG_SIZE),
-        "params": int(models.count_params(_unwrap(model))),
+        "params": int(count_params(_unwrap(model))),
         "gflops": count_gflops(model, int(cfg.DATA.IMG_SIZE)),
         "top1_acc": top1,
         "top1_err": 100.0 - top1,

@@ -154,12 +154,17 @@ class _Malicious:
         return (open, (self.marker, "w"))
 
 
+def write_malicious_checkpoint(path, marker, zip_format: bool = True) -> None:
+    """A checkpoint whose unpickling would create `marker` (shared with the end-to-end and script tests)."""
+    payload = {"model": {"w": torch.ones(1)}, "epoch": 0, "payload": _Malicious(str(marker))}
+    torch.save(payload, str(path), _use_new_zipfile_serialization=zip_format)
+
+
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_malicious_pickle_is_rejected_without_running_code(tmp_path, zip_format):
     marker = tmp_path / "PWNED"
     path = str(tmp_path / "evil.pth")
-    payload = {"model": {"w": torch.ones(1)}, "payload": _Malicious(str(marker))}
-    torch.save(payload, path, _use_new_zipfile_serialization=zip_format)
+    write_malicious_checkpoint(path, marker, zip_format)
     for mmap in (False, True):
         with pytest.raises(CheckpointError, match=r"evil\.pth.*references [\w.]*open\), so it was not loaded and "
                                                    r"nothing in it was run") as info:
