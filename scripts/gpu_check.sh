@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# The one prepared check of every CUDA code path, for the few minutes a GPU machine is available:
+#
+#   bash scripts/gpu_check.sh              # on the GPU machine, from anywhere; results go to $OUT
+#   bash scripts/gpu_check.sh --dry-run    # the same steps on CPU with tiny sizes (catches mistakes beforehand)
+#
+# Steps, each with its own time limit and one PASS/FAIL/SKIP line, later steps running whatever earlier ones did:
+#   (1) torchrun --nproc_per_node=1 main.py --device cuda: tiny synthetic run, 2 epochs, nccl; eval.json written
+#   (2) main.py training under bf16 and under fp16 autocast (GradScaler): every logged loss finite
+#   (3) SDPA kernels (math, efficient, flash, cudnn) of our attention against the eager path on the same weights:
+#       max abs difference of logits and of a bias-table gradient, fp32 and bf16
+#   (4) torch.compile of our model: logits close to eager, a timed bf16 training step compiled against eager
+#   (5) scripts/benchmark.py: Swin-T and Swin-B, train and inference, fp32 and bf16, batch 128, side by side
+#       with timm and torchvision (JSON in $OUT); then, time allowing, Swin-T compiled
+#   (6) time allowing: tests/engine/gpu_engine_check.py (the engine's own CUDA checks)
+# Needs: PyTorch with CUDA, timm, torchvision, tensorboard; yacs importable or a wheel in .device_wheels/.
+# Environment: OUT (results folder, default benchmarks/gpu), GPU_CHECK_BUDGET (seconds for everything,
+# default 450: steps that would not fit are skipped, so the whole run ends in time).
+set -u
+cd "$(dirname "$0")/.."
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+OUT="${OUT:-benchmarks/gpu}"
+[ "$DRY" = 1 ] && OUT="${GPU_CHECK_DRY_OUT:-${TMPDIR:-/tmp}/gpu_check_dry}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"  # run directories (checkpoints) stay out of $OUT
+BUDGET="${GPU_CHECK_BUDGET:-450}"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+
+if [ "$DRY" = 1 ]; then
+  export GC_DEVICE=cpu GC_MODEL=tiny GC_BATCH=4 GC_IMG=32
+  BENCH=(--device cpu --model tiny --batch 2 --iters 1 --repeats 1 --warmup 0 --memory-model tiny)
+  MODELS=(tiny)
+else
+  export GC_DEVICE=cuda GC_MODEL=swin_tiny_patch4_window7_224 GC_BATCH=64 GC_IMG=64
+  BENCH=(--device cuda --batch 128 --iters 5 --repeats 3 --warmup 3)
+  MODELS=(swin_tiny_patch4_window7_224 swin_base_patch4_window7_224)
+fi
+PASSED=() FAILED=() SKIPPED=()
+
+left() { echo $((BUDGET - SECONDS)); }
+
+# check NAME LIMIT_S CMD...: run CMD with a time limit, its output in $OUT/NAME.log, one result line
+check() {
+  local name=$1 limit=$2 t0=$SECONDS rc
+  shift 2
+  if [ "$(left)" -lt 20 ]; then
+    SKIPPED+=("$name"); echo "SKIP $name (budget of ${BUDGET}s used up)"; return 0
+  fi
+  [ "$limit" -gt "$(($(left) - 5))" ] && limit=$(($(left) - 5))
+  echo "---- $name (limit ${limit}s)"
+  timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  [ $rc -ne 0 ] && grep -n -m 8 "ERROR\|Error\|Traceback\|assert" "$OUT/$name.log"
+  tail -n 15 "$OUT/$name.log"
+  if [ $rc -eq 0 ]; then
+    PASSED+=("$name"); echo "PASS $name ($((SECONDS - t0))s)"
+  else
+    FAILED+=("$name"); echo "FAIL $name (exit $rc$([ $rc -ge 124 ] && echo ', time limit'), $((SECONDS - t0))s)"
+  fi
+}
+
+echo "==== gpu_check $(date -Is) dry_run=$DRY out=$OUT budget=${BUDGET}s"
+git log -1 --format='commit %H %s' 2>/dev/null || true
+command -v nvidia-smi > /dev/null && nvidia-smi || echo "(no nvidia-smi)"
+python -c "import sys, torch, timm, torchvision; print('python', sys.version.split()[0], '| torch', torch.__version__,
+'| cuda', torch.version.cuda, '| cudnn', torch.backends.cudnn.version(), '| timm', timm.__version__,
+'| torchvision', torchvision.__version__, '| gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
+
+# yacs (configs/ needs it): installed, else from the wheels the coordinator puts in .device_wheels/
+YACS=1
+if ! python -c "import yacs" 2> /dev/null; then
+  if [ -d .device_wheels ]; then
+    python -m pip install --no-index --find-links .device_wheels yacs > "$OUT/yacs_install.log" 2>&1 \
+      || echo "pip install from .device_wheels failed (see yacs_install.log); trying PYTHONPATH"
+    if ! python -c "import yacs" 2> /dev/null; then
+      for p in .device_wheels/yacs-*.whl .device_wheels; do  # a pure-Python wheel imports from the zip itself
+        [ -e "$p" ] && export PYTHONPATH="$PWD/$p${PYTHONPATH:+:$PYTHONPATH}"
+      done
+    fi
+  fi
+  python -c "import yacs" 2> /dev/null || YACS=0
+fi
+if [ $YACS = 1 ]; then
+  python -c "import yacs; print('yacs', yacs.__file__)"
+else
+  echo "FAIL yacs: not importable and no usable wheel in .device_wheels/ (put yacs-*.whl there);" \
+       "steps 1, 2 and 6 (main.py) cannot run"
+fi
+
+# the python steps, written out first so that each runs under its own time limit
+cat > "$WORK/eval_ok.py" << 'EOF'
+"""argv: run directory, expected AMP dtype or '-': eval.json exists and every logged loss is finite."""
+import json, math, os, sys
+run, dtype = sys.argv[1], sys.argv[2]
+ev = json.load(open(os.path.join(run, "eval.json")))
+rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+losses = [r[k] for r in rows for k in ("loss", "train_loss", "val_loss") if k in r]
+assert losses and all(math.isfinite(v) for v in losses), f"non-finite or missing losses: {losses}"
+scales = [r["loss_scale"] for r in rows if "loss_scale" in r]
+print(f"eval.json: {ev}\n{len(losses)} finite losses, last {losses[-1]:.4f}; loss scales {scales[-3:]}")
+assert dtype == "-" or ev.get("amp_dtype", dtype) == dtype, f"amp_dtype {ev.get('amp_dtype')} != {dtype}"
+EOF
+
+cat > "$WORK/sdpa_check.py" << 'EOF'
+"""Our attention through each SDPA kernel against the eager path, same weights: logits and bias-table grads."""
+import contextlib, json, os, sys
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+sys.path.insert(0, os.getcwd())
+from scripts import benchmark as B
+
+dev, arch = torch.device(os.environ["GC_DEVICE"]), B.arch_of(os.environ["GC_MODEL"])
+torch.manual_seed(0)
+model = B.build("ours_eager", arch, dev, drop_path=0.0)  # no drop path: train-mode passes are deterministic
+x = torch.randn(8, 3, arch.img_size, arch.img_size, device=dev)
+y = torch.randint(arch.num_classes, (8,), device=dev)
+table = model.layers[0].blocks[-1].attn.relative_position_bias_table  # a shifted block: bias + mask
+
+def run(impl, dtype, backend):
+    model.set_attn_impl(impl)
+    model.zero_grad(set_to_none=True)
+    kernel = sdpa_kernel([backend]) if backend else contextlib.nullcontext()
+    with kernel, torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        model.train()
+        out = model(x)
+        F.cross_entropy(out.float(), y).backward()
+        model.eval()
+        with torch.no_grad():
+            out_eval = model(x)  # the cached-bias path
+    return out.float().detach(), table.grad.float().clone(), out_eval.float()
+
+report, ok = {}, True
+for dname, dtype, tol in (("fp32", None, 1e-3), ("bf16", torch.bfloat16, 0.1)):
+    ref = run("eager", dtype, None)
+    scale = max(ref[0].abs().max().item(), 1.0)
+    gscale = max(ref[1].abs().max().item(), 1e-12)
+    for backend in ("MATH", "EFFICIENT_ATTENTION", "FLASH_ATTENTION", "CUDNN_ATTENTION"):
+        try:
+            got = run("sdpa", dtype, getattr(SDPBackend, backend))
+        except RuntimeError as e:
+            report[f"{dname} {backend}"] = "unavailable: " + str(e).strip().splitlines()[0][:100]
+            continue
+        d = [(a - b).abs().max().item() for a, b in zip(got, ref)]
+        good = d[0] <= tol * scale and d[2] <= tol * scale and d[1] <= 10 * tol * gscale
+        ok &= good or backend != "MATH"  # math must match; the fused kernels are reported
+        report[f"{dname} {backend}"] = (f"logits max|diff| train {d[0]:.2e} eval {d[2]:.2e} (|logits| {scale:.2f}), "
+                                        f"bias grad {d[1]:.2e} (|grad| {gscale:.2e}) {'ok' if good else 'MISMATCH'}")
+for k, v in report.items():
+    print(f"{k:<28} {v}")
+fused = [k for k, v in report.items() if k.startswith("bf16") and "MATH" not in k and v.endswith(" ok")]
+print("bf16 fused kernels that ran and matched:", fused)
+assert ok, "SDPA math kernel differs from the eager attention"
+assert fused or dev.type == "cpu", "no fused SDPA kernel ran our attention in bf16"
+json.dump(report, open(os.path.join(os.environ["OUT"], "sdpa_check.json"), "w"), indent=1)
+EOF
+
+cat > "$WORK/compile_check.py" << 'EOF'
+"""torch.compile of our model: logits against eager, and a timed bf16 training step compiled vs eager."""
+import os, sys, time
+import torch
+sys.path.insert(0, os.getcwd())
+from scripts import benchmark as B
+
+dev, arch = torch.device(os.environ["GC_DEVICE"]), B.arch_of(os.environ["GC_MODEL"])
+batch = int(os.environ["GC_BATCH"])
+torch.manual_seed(0)
+model = B.build("ours", arch, dev, drop_path=0.0).eval()
+compiled = torch.compile(model)
+x = torch.randn(batch, 3, arch.img_size, arch.img_size, device=dev)
+t = time.perf_counter()
+with torch.no_grad():
+    ref, got = model(x), compiled(x)
+print(f"eval compile + first call {time.perf_counter() - t:.1f}s")
+diff, scale = (ref - got).abs().max().item(), ref.abs().max().item()
+print(f"fp32 logits max|diff| {diff:.2e} (|logits| {scale:.2f})")
+assert diff <= 1e-3 * max(scale, 1.0), "compiled logits differ from eager"
+torch.manual_seed(0)
+eager_train = B.build("ours", arch, dev)
+torch.manual_seed(0)
+compiled_train = B.build("ours_compiled", arch, dev)
+steps = {name: B.make_step(m, "train_bf16", arch, batch, dev) for name, m in
+         (("eager", eager_train), ("compiled", compiled_train))}
+t = time.perf_counter()
+steps["compiled"]()
+B.synchronize(dev)
+print(f"train compile + first step {time.perf_counter() - t:.1f}s")
+timed = B.time_interleaved(steps, dev, warmup=2, iters=3, repeats=2)
+e, c = timed["eager"]["sec_per_iter"], timed["compiled"]["sec_per_iter"]
+print(f"bf16 train step, batch {batch}: eager {1e3 * e:.1f} ms, compiled {1e3 * c:.1f} ms ({e / c:.2f}x)")
+EOF
+export OUT
+
+# (1) DDP through torchrun on one GPU (nccl), 2 epochs of a tiny synthetic run
+TINY=(DATA.DATASET synthetic DATA.IMG_SIZE "$GC_IMG" DATA.BATCH_SIZE 32 DATA.NUM_WORKERS 2
+      DATA.SYNTHETIC_TRAIN_SIZE 256 DATA.SYNTHETIC_VAL_SIZE 64 MODEL.NUM_CLASSES 10 MODEL.SWIN.EMBED_DIM 48
+      MODEL.SWIN.DEPTHS "[2, 2]" MODEL.SWIN.NUM_HEADS "[3, 6]" MODEL.SWIN.WINDOW_SIZE 4)
+export RUNS="$WORK/runs" WORK
+cat > "$WORK/main_run.sh" << 'EOF'
+# TAG DTYPE LAUNCHER(python|torchrun) OPTS...: main.py on $GC_DEVICE, then the eval.json / finite-loss check
+tag=$1 dtype=$2 launcher=(python)
+[ "$3" = torchrun ] && launcher=(env NCCL_DEBUG=INFO python -m torch.distributed.run --standalone --nproc_per_node=1)
+shift 3
+"${launcher[@]}" main.py --device "$GC_DEVICE" --output "$RUNS" --tag "$tag" --opts "$@" \
+  && python "$WORK/eval_ok.py" "$RUNS/swin_tiny_patch4_window7_224/$tag" "$dtype"
+EOF
+keep() {  # the small result files of a run (not its checkpoints) into $OUT/runs/TAG
+  mkdir -p "$OUT/runs/$1"
+  cp "$RUNS/swin_tiny_patch4_window7_224/$1"/{eval.json,metrics.jsonl,log.txt} "$OUT/runs/$1/" 2> /dev/null || true
+}
+if [ $YACS = 1 ]; then
+  check ddp_torchrun 150 bash "$WORK/main_run.sh" ddp - torchrun "${TINY[@]}" TRAIN.EPOCHS 2 TRAIN.WARMUP_EPOCHS 1
+  keep ddp
+  grep -m 1 "NCCL version" "$OUT/ddp_torchrun.log" || echo "(no NCCL start-up line in ddp_torchrun.log)"
+  # (2) mixed precision through the engine: bf16, and fp16 with its GradScaler
+  check amp_bf16 120 bash "$WORK/main_run.sh" amp_bf16 bfloat16 python "${TINY[@]}" TRAIN.EPOCHS 1 TRAIN.WARMUP_EPOCHS 0 \
+    AMP_DTYPE bfloat16
+  keep amp_bf16
+  if [ "$DRY" = 1 ]; then
+    SKIPPED+=(amp_fp16); echo "SKIP amp_fp16 (float16 autocast needs CUDA; the engine refuses it on CPU)"
+  else
+    check amp_fp16 120 bash "$WORK/main_run.sh" amp_fp16 float16 python "${TINY[@]}" TRAIN.EPOCHS 1 TRAIN.WARMUP_EPOCHS 0 \
+      AMP_DTYPE float16
+  fi
+  keep amp_fp16
+else
+  FAILED+=(ddp_torchrun amp_bf16 amp_fp16)
+fi
+
+# (3) SDPA kernels against eager attention
+check sdpa_kernels 90 python "$WORK/sdpa_check.py"
+
+# (5) the side-by-side benchmark (before (4): compiling is the slowest and least essential step)
+for m in "${MODELS[@]}"; do
+  check "benchmark_${m}" 180 python scripts/benchmark.py "${BENCH[@]}" --model "$m" \
+    --json "$OUT/${GC_DEVICE}-${m}.json"
+done
+
+# (4) torch.compile of our model
+check compile 200 python "$WORK/compile_check.py"
+if [ "$DRY" = 0 ]; then
+  check benchmark_compiled 150 python scripts/benchmark.py "${BENCH[@]}" --model swin_tiny_patch4_window7_224 \
+    --settings train_bf16 infer_bf16 --impls ours ours_compiled timm --compile --memory-model none \
+    --json "$OUT/cuda-swin_tiny-compiled.json"
+fi
+
+# (6) the engine's own CUDA checks, with whatever time is left
+if [ "$DRY" = 0 ] && [ $YACS = 1 ] && [ -f tests/engine/gpu_engine_check.py ]; then
+  check engine_checks 600 python tests/engine/gpu_engine_check.py "$WORK/engine"
+fi
+
+echo "==== ${#PASSED[@]} passed: ${PASSED[*]:-}"
+echo "==== ${#FAILED[@]} failed: ${FAILED[*]:-}"
+echo "==== ${#SKIPPED[@]} skipped: ${SKIPPED[*]:-}"
+echo "==== total ${SECONDS}s; results in $OUT"
+rm -rf "$WORK"
+[ ${#FAILED[@]} -eq 0 ]
