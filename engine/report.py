@@ -25,19 +25,14 @@ log = logging.getLogger(__name__)
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, or a hung file system
-        return None
-    return out.stdout.strip()
-
-
 def git_commit() -> str:
     """`git rev-parse HEAD` of the repository holding this code, or "unknown"; never raises."""
-    return _git("rev-parse", "HEAD") or "unknown"
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=10,
+                             check=True)
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, or a hung file system
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -268,9 +268,14 @@ def test_rng_round_trip_through_a_weights_only_checkpoint(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_rng_round_trip():
+def test_cuda_rng_round_trip_through_a_checkpoint(tmp_path):
+    torch.cuda.manual_seed_all(5)
+    torch.rand(3, device="cuda")  # advance the generator's offset
     state = capture_rng_state()
-    expected = torch.rand(4, device="cuda")
+    assert len(state["cuda"]) == torch.cuda.device_count()
+    expected = [torch.rand(4, device=f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    save_checkpoint(str(tmp_path / "rng.pth"), {"model": {}, "rng": [state]})
     torch.cuda.manual_seed_all(123)
-    restore_rng_state(state)
-    assert torch.equal(torch.rand(4, device="cuda"), expected)
+    restore_rng_state(load_checkpoint(str(tmp_path / "rng.pth"))["rng"][0])
+    for i, e in enumerate(expected):
+        assert torch.equal(torch.rand(4, device=f"cuda:{i}"), e)
