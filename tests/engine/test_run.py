@@ -1,0 +1,132 @@
+"""engine.run end to end on tiny synthetic data: the run directory, exact resume, eval-only, throughput,
+and a 2-process torchrun launch of main.py."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import engine
+from configs import get_config
+from tests.engine.engine_helpers import SHORT_RUN, TINY_SWIN, tiny_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Randomness left on (mixup/cutmix, drop path, label smoothing, bf16 autocast): resume must still be exact.
+RUN_OPTS = TINY_SWIN + SHORT_RUN + ["MODEL.DROP_PATH_RATE", "0.1", "MODEL_EMA.ENABLE", "True",
+                                    "MODEL_EMA.DECAY", "0.9", "TEST.USE_EMA", "True"]
+CKPT_KEYS = {"model", "optimizer", "lr_scheduler", "scaler", "ema", "epoch", "global_step", "max_accuracy", "rng",
+             "config", "derived"}
+
+
+def _run(tmp_path, *opts: str) -> int:
+    return engine.run(get_config(None, RUN_OPTS + ["OUTPUT", str(tmp_path)] + list(opts)))
+
+
+def _records(run_dir: str) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _check_run_dir(run_dir: str, epochs: int, val_images: int) -> dict:
+    names = set(os.listdir(run_dir))
+    assert {"config.yaml", "log.txt", "metrics.jsonl", "eval.json", "report.md"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert f"ckpt_epoch_{epochs - 1}.pth" in names
+    records = _records(run_dir)
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs_rec = [r for r in records if r["kind"] == "epoch"]
+    assert {"epoch", "step", "lr", "loss", "grad_norm", "loss_scale", "img_per_s", "mem_mb", "eta_s"} <= set(steps[0])
+    assert [r["epoch"] for r in epochs_rec] == list(range(epochs))
+    assert {"train_loss", "val_loss", "top1_acc", "top1_err", "top5_acc", "top5_err"} <= set(epochs_rec[-1])
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        ev = json.load(f)
+    assert ev["num_images"] == val_images
+    assert ev["top1_acc"] == pytest.approx(100.0 * ev["correct1"] / val_images)
+    assert ev["top1_err"] == pytest.approx(100.0 - ev["top1_acc"]) and 0 <= ev["top5_acc"] <= 100
+    assert get_config(os.path.join(run_dir, "config.yaml")).MODEL.SWIN.EMBED_DIM == 16  # feeds back in
+    assert "Train: [0/" in open(os.path.join(run_dir, "log.txt")).read()
+    return ev
+
+
+def test_run_then_resume_is_bitwise_exact_then_eval_and_throughput(tmp_path):
+    assert _run(tmp_path) == 0
+    run_dir = str(tmp_path / "swin_tiny_patch4_window7_224" / "default")
+    ev = _check_run_dir(run_dir, epochs=2, val_images=20)
+    records = _records(run_dir)
+    assert "ema_top1_acc" in records[-1] and ev["ema"] is True
+    final = torch.load(os.path.join(run_dir, "ckpt_epoch_1.pth"), weights_only=True, map_location="cpu")
+    assert CKPT_KEYS <= set(final) and final["epoch"] == 1 and final["global_step"] == 8
+    assert final["lr_scheduler"]["step"] == 8 and len(final["rng"]) == 1
+
+    # Stop after epoch 0's checkpoint and relaunch: the new epoch 1 must equal the uninterrupted one bit for bit.
+    shutil.move(os.path.join(run_dir, "ckpt_epoch_1.pth"), str(tmp_path / "uninterrupted.pth"))
+    assert _run(tmp_path) == 0
+    assert "resumed from" in open(os.path.join(run_dir, "log.txt")).read()
+    again = torch.load(os.path.join(run_dir, "ckpt_epoch_1.pth"), weights_only=True, map_location="cpu")
+    for section in ("model", "ema"):
+        for k, v in final[section].items():
+            assert torch.equal(again[section][k], v), f"{section}.{k}"
+    for pid, s in final["optimizer"]["state"].items():
+        for k, v in s.items():
+            assert torch.equal(again["optimizer"]["state"][pid][k], v), f"optimizer.{pid}.{k}"
+    assert again["global_step"] == final["global_step"]
+
+    # Evaluate the checkpoint alone: same counts as the run's final report (EMA weights, TEST.USE_EMA).
+    assert _run(tmp_path, "EVAL_MODE", "True", "MODEL.RESUME", os.path.join(run_dir, "ckpt_epoch_1.pth"),
+                "TAG", "eval") == 0
+    with open(tmp_path / "swin_tiny_patch4_window7_224" / "eval" / "eval.json") as f:
+        ev_only = json.load(f)
+    assert (ev_only["correct1"], ev_only["correct5"], ev_only["num_images"]) == (
+        ev["correct1"], ev["correct5"], ev["num_images"])
+    assert not any(n.startswith("ckpt") for n in os.listdir(tmp_path / "swin_tiny_patch4_window7_224" / "eval"))
+
+    assert _run(tmp_path, "THROUGHPUT_MODE", "True", "TAG", "speed") == 0
+    speed = _records(str(tmp_path / "swin_tiny_patch4_window7_224" / "speed"))
+    assert speed[0]["kind"] == "throughput" and speed[0]["img_per_s"] > 0 and speed[0]["batch_size"] == 8
+
+
+def test_eval_without_weights_is_a_clear_error(tmp_path, caplog):
+    assert _run(tmp_path, "EVAL_MODE", "True", "TRAIN.AUTO_RESUME", "False") == 1
+    assert "EVAL_MODE needs weights" in caplog.text
+
+
+def test_torchrun_two_processes(tmp_path):
+    opts = TINY_SWIN + SHORT_RUN + ["OUTPUT", str(tmp_path), "TAG", "ddp", "DATA.BATCH_SIZE", "4",
+                                    "TRAIN.ACCUMULATION_STEPS", "2", "DATA.SYNTHETIC_VAL_SIZE", "13"]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(REPO, "main.py"), "--opts", *opts]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # timed out: take the workers down with the launcher
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out[-5000:]
+    run_dir = str(tmp_path / "swin_tiny_patch4_window7_224" / "ddp")
+    _check_run_dir(run_dir, epochs=2, val_images=13)
+    ckpt = torch.load(os.path.join(run_dir, "ckpt_epoch_1.pth"), weights_only=True, map_location="cpu")
+    assert len(ckpt["rng"]) == 2 and ckpt["derived"]["world_size"] == 2 and ckpt["derived"]["total_batch"] == 16
+    # 32 images / 2 ranks / batch 4 = 4 micro-batches per rank -> 2 updates per epoch
+    assert ckpt["global_step"] == 4
+
+
+def test_finetune_from_pretrained_weights(tmp_path, caplog):
+    pretrained = tiny_model(7, "MODEL.NUM_CLASSES", "5")  # another head: finetune re-initialises it
+    path = str(tmp_path / "pretrained.pth")
+    torch.save({"model": pretrained.state_dict()}, path)
+    assert _run(tmp_path, "MODEL.PRETRAINED", path, "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0",
+                "DATA.SYNTHETIC_TRAIN_SIZE", "16", "TAG", "ft") == 0
+    assert "reinitialized" in caplog.text and "resumed from" not in caplog.text
+    ckpt = torch.load(tmp_path / "swin_tiny_patch4_window7_224" / "ft" / "ckpt_epoch_0.pth", weights_only=True)
+    assert ckpt["model"]["head.weight"].shape == (10, 16 * 2)
+    assert ckpt["global_step"] == 2  # a fresh schedule
