@@ -20,7 +20,7 @@ if ! "$PY" -c "import torch, torchvision, timm, yacs, tensorboard, matplotlib" 2
 fi
 
 # 2. The data: Debian's package when we can install it, else torchvision's downloader.
-has_idx() { ls "$1"/train-images-idx3-ubyte* "$1"/FashionMNIST/raw/train-images-idx3-ubyte* >/dev/null 2>&1; }
+has_idx() { compgen -G "$1/train-images-idx3-ubyte*" >/dev/null || compgen -G "$1/FashionMNIST/raw/train-images-idx3-ubyte*" >/dev/null; }
 if [ -z "${DATA_DIR:-}" ]; then
     if ! has_idx "$DEBIAN_DIR" && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "== installing Debian's dataset-fashion-mnist"
