@@ -91,32 +91,47 @@ class WindowAttention(nn.Module):
         bias = self.relative_bias().unsqueeze(0)  # 1, heads, N, N
         if mask is not None:
             bias = bias + mask.unsqueeze(1)  # nW, heads, N, N
-        return bias.to(dtype)
+        return bias.to(dtype).contiguous()  # so the shifted SDPA path can view it as (1, nW * heads, N, N)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, mask_key: tuple = ()) -> torch.Tensor:
         """x: (B * nW, N, C); mask: (nW, N, N) or None; mask_key identifies the mask for the cache."""
         b_, n, c = x.shape
         heads = self.num_heads
         qkv = self.qkv(x).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # 3, B*nW, heads, N, hd
-        q, k, v = qkv.unbind(0)  # each B*nW, heads, N, hd
-        drop = self.attn_drop if self.training else 0.0
-        if self.attn_impl == "sdpa":
-            bias = self.attn_bias(mask, mask_key, q.dtype)
-            if bias is not None and bias.shape[0] > 1:
-                nw = bias.shape[0]
-                # (B, nW, heads, N, hd) lets the (nW, heads, N, N) mask broadcast over images without copies
-                q, k, v = (t.view(-1, nw, heads, n, c // heads) for t in (q, k, v))  # B, nW, heads, N, hd
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=self.scale)
-            x = x.reshape(b_, heads, n, c // heads)  # B*nW, heads, N, hd
+        table = self.relative_position_bias_table
+        # CPU SDPA has no fused kernel for a mask that needs a gradient and would run its slower math kernel
+        bias_grad = table is not None and table.requires_grad and torch.is_grad_enabled()
+        if self.attn_impl == "sdpa" and not (bias_grad and qkv.device.type == "cpu"):
+            x = self._sdpa(qkv, mask, mask_key)
         else:
-            # the bias stays in the table's dtype, so under autocast the logits are promoted as officially
-            bias = self.attn_bias(mask, mask_key, self.qkv.weight.dtype if self.relative_position_bias_table is None
-                                  else self.relative_position_bias_table.dtype)
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # B*nW, heads, N, N
-            if bias is not None:
-                nw = bias.shape[0]
-                attn = (attn.view(-1, nw, heads, n, n) + bias).view(b_, heads, n, n)  # B*nW, heads, N, N
-            attn = F.dropout(attn.softmax(dim=-1), p=drop)
-            x = attn @ v  # B*nW, heads, N, hd
+            x = self._eager(qkv, mask, mask_key)
         x = x.transpose(1, 2).reshape(b_, n, c)  # B*nW, N, C
         return self.proj_drop(self.proj(x))
+
+    def _eager(self, qkv: torch.Tensor, mask: Optional[torch.Tensor], mask_key: tuple) -> torch.Tensor:
+        # the official order; the bias stays in the table's dtype, so under autocast the logits are promoted to
+        # float32 before the softmax exactly as officially
+        _, b_, heads, n, _ = qkv.shape
+        q, k, v = qkv.unbind(0)  # each B*nW, heads, N, hd
+        table = self.relative_position_bias_table
+        bias = self.attn_bias(mask, mask_key, table.dtype if table is not None else torch.float32)
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # B*nW, heads, N, N
+        if bias is not None:
+            nw = bias.shape[0]
+            attn = (attn.view(-1, nw, heads, n, n) + bias).view(b_, heads, n, n)  # B*nW, heads, N, N
+        attn = F.dropout(attn.softmax(dim=-1), p=self.attn_drop if self.training else 0.0)
+        return attn @ v  # B*nW, heads, N, hd
+
+    def _sdpa(self, qkv: torch.Tensor, mask: Optional[torch.Tensor], mask_key: tuple) -> torch.Tensor:
+        _, b_, heads, n, hd = qkv.shape
+        q, k, v = qkv.unbind(0)  # each B*nW, heads, N, hd
+        bias = self.attn_bias(mask, mask_key, q.dtype)  # one additive mask in q's dtype
+        if bias is not None and bias.shape[0] > 1:
+            # fold windows into heads, (B, nW * heads, N, hd), so the (1, nW * heads, N, N) mask view broadcasts
+            # over images: fused kernels take 4-D inputs only, and the mask is never expanded per image
+            nw = bias.shape[0]
+            q, k, v = qkv.reshape(3, -1, nw * heads, n, hd).unbind(0)  # B, nW*heads, N, hd
+            bias = bias.expand(nw, heads, n, n).reshape(1, nw * heads, n, n)  # 1, nW*heads, N, N (a view with bias)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0,
+                                           scale=self.scale)
+        return x.reshape(b_, heads, n, hd)  # B*nW, heads, N, hd

@@ -10,12 +10,13 @@ from .swin import SwinTransformer
 log = logging.getLogger(__name__)
 
 
-def resolve_attn_impl(attn_impl: str, device: Optional[torch.device]) -> str:
-    """"auto" picks the kernel per device: eager on CPU, SDPA on accelerators."""
+def resolve_attn_impl(attn_impl: str, device: Optional[torch.device] = None) -> str:
+    """"auto" picks the fastest kernel for the device. Measured (Swin-T, batch 8 CPU / 128 H200, vs eager):
+    SDPA is faster for inference on CPU and CUDA and for CUDA training; CPU training runs the eager kernel
+    either way (WindowAttention switches when the bias table needs a gradient), so SDPA everywhere."""
     if attn_impl != "auto":
         return attn_impl
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    return "eager" if device.type == "cpu" else "sdpa"
+    return "sdpa"
 
 
 def swin_kwargs(cfg: Any, device: Optional[torch.device] = None) -> Dict[str, Any]:

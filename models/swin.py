@@ -98,6 +98,8 @@ class SwinTransformerBlock(nn.Module):
         """The (nW, N, N) shift mask for a padded map of this size, built once per size and device."""
         key = (size, shift, device)
         if key not in self._masks:
+            if len(self._masks) >= 8:  # input sizes keep changing: keep memory bounded
+                self._masks.clear()
             self._masks[key] = shifted_window_mask(size, self.window, shift, device=device)
         return self._masks[key]
 
@@ -111,15 +113,10 @@ class SwinTransformerBlock(nn.Module):
         # per axis, a map no larger than one window has nothing to shift (torchvision's rule; at the size the
         # model was built for it equals the official one)
         shift = (self.shift_size if Hp > wh else 0, self.shift_size if Wp > ww else 0)
-        mask = None
-        if any(shift):
-            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-            mask = self.shift_mask((Hp, Wp), shift, x.device)
-        x = window_partition(x, self.window)  # B*nW, N, C
+        mask = self.shift_mask((Hp, Wp), shift, x.device) if any(shift) else None
+        x = window_partition(x, self.window, shift)  # B*nW, N, C  (rolled by -shift, as officially)
         x = self.attn(x, mask, mask_key=(Hp, Wp, shift))
-        x = window_reverse(x, self.window, Hp, Wp)  # B, Hp, Wp, C
-        if any(shift):
-            x = torch.roll(x, shifts=shift, dims=(1, 2))
+        x = window_reverse(x, self.window, Hp, Wp, shift)  # B, Hp, Wp, C  (rolled back)
         return x[:, :H, :W] if pad_h or pad_w else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

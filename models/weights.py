@@ -47,7 +47,8 @@ class LoadReport:
         for name in ("resized", "remapped", "skipped", "reinitialized"):
             keys = getattr(self, name)
             if keys:
-                lines.append(f"  {name} ({len(keys)}): {', '.join(keys)}")
+                more = f", ... (+{len(keys) - 6} more)" if len(keys) > 6 else ""
+                lines.append(f"  {name} ({len(keys)}): {', '.join(keys[:6])}{more}")
         return "\n".join(lines)
 
 

@@ -34,9 +34,9 @@ def test_every_config_key_reaches_the_model():
 
 def test_attn_impl_auto_follows_the_device():
     cfg = get_config(opts=["MODEL.SWIN.ATTN_IMPL", "auto"])
-    assert swin_kwargs(cfg)["attn_impl"] == "eager"
-    assert swin_kwargs(cfg, torch.device("cpu"))["attn_impl"] == "eager"
+    assert swin_kwargs(cfg, torch.device("cpu"))["attn_impl"] == "sdpa"
     assert swin_kwargs(cfg, torch.device("cuda"))["attn_impl"] == "sdpa"
+    assert swin_kwargs(get_config(opts=["MODEL.SWIN.ATTN_IMPL", "eager"]), torch.device("cuda"))["attn_impl"] == "eager"
 
 
 def test_timm_type_builds_a_baseline():
