@@ -147,6 +147,7 @@ def time_interleaved(steps: Dict[str, Callable[[], None]], device: torch.device,
             steps[name]()
         synchronize(device)
     times: Dict[str, List[float]] = {n: [] for n in names}
+    cpu: Dict[str, List[float]] = {n: [] for n in names}  # process CPU time: less sensitive to other load
     peak: Dict[str, int] = {n: 0 for n in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -154,16 +155,18 @@ def time_interleaved(steps: Dict[str, Callable[[], None]], device: torch.device,
                 torch.cuda.reset_peak_memory_stats(device)
                 before = torch.cuda.memory_allocated(device)
             for _ in range(iters):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 steps[name]()
                 synchronize(device)
                 times[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
             if device.type == "cuda":
                 peak[name] = max(peak[name], torch.cuda.max_memory_allocated(device) - before)
     out = {}
     for name in names:
         sec = statistics.median(times[name])
-        out[name] = {"sec_per_iter": sec, "times": [round(t, 5) for t in times[name]]}
+        out[name] = {"sec_per_iter": sec, "times": [round(t, 5) for t in times[name]],
+                     "cpu_sec_per_iter": statistics.median(cpu[name])}
         if device.type == "cuda":
             out[name]["peak_step_mib"] = round(peak[name] / 2**20, 1)
     return out
@@ -274,6 +277,10 @@ def format_table(result: dict) -> str:
                      + "".join(f"{result['ratios'][setting].get(k, float('nan')):>21.2f}x" for k in ratio_keys))
         if "peak_step_mib" in timed[impls[0]]:
             lines.append(f"{'  peak MiB':<12}" + "".join(f"{timed[i]['peak_step_mib']:>15.0f}" for i in impls))
+    load = max(result["load_average"][0], result["load_average_end"][0]) if result.get("load_average") else 0
+    if result["device"] == "cpu" and load > result["threads"] + 0.5:
+        lines.append(f"note: load average {load:.1f} > {result['threads']} threads: other processes competed for the "
+                     f"cores; the implementations took turns, so the ratios hold better than the absolute img/s")
     mem = result.get("activation_memory")
     if mem:
         b = mem["bytes_per_image"]

@@ -168,8 +168,18 @@ dev, arch = torch.device(os.environ["GC_DEVICE"]), B.arch_of(os.environ["GC_MODE
 batch = int(os.environ["GC_BATCH"])
 torch.manual_seed(0)
 model = B.build("ours", arch, dev, drop_path=0.0).eval()
-compiled = torch.compile(model)
 x = torch.randn(batch, 3, arch.img_size, arch.img_size, device=dev)
+for mode in ("eval", "train"):  # graph breaks make compile fall back to eager, silently
+    model.train(mode == "train")
+    with torch.set_grad_enabled(mode == "train"):
+        ex = torch._dynamo.explain(model)(x[:2])
+    print(f"{mode}: {ex.graph_count} graphs, {ex.graph_break_count} graph breaks")
+    for reason in ex.break_reasons[:3]:
+        where = reason.user_stack[-1] if reason.user_stack else ""
+        print("   ", str(reason.reason).splitlines()[0][:160], "|", str(where).strip()[:160])
+    torch._dynamo.reset()
+model.eval()
+compiled = torch.compile(model)
 t = time.perf_counter()
 with torch.no_grad():
     ref, got = model(x), compiled(x)
