@@ -34,8 +34,6 @@ from models.build import resolve_attn_impl  # noqa: E402
 
 SETTINGS = ("train_fp32", "train_bf16", "infer_fp32", "infer_bf16")
 IMPLS = ("ours", "ours_eager", "ours_sdpa", "ours_compiled", "timm", "torchvision")
-TORCHVISION_SWIN = {"swin_tiny_patch4_window7_224": "swin_t", "swin_small_patch4_window7_224": "swin_s",
-                    "swin_base_patch4_window7_224": "swin_b"}
 
 
 @dataclass(frozen=True)
@@ -71,8 +69,8 @@ def build(impl: str, arch: Arch, device: torch.device, drop_path: float = 0.1,
     """One implementation of `arch` on `device`, in train mode."""
     if impl.startswith("ours"):
         kind = {"ours_eager": "eager", "ours_sdpa": "sdpa"}.get(impl, resolve_attn_impl("auto", device))
-        model = models.SwinTransformer(**{k: v for k, v in asdict(arch).items()}, drop_path_rate=drop_path,
-                                       use_checkpoint=use_checkpoint, attn_impl=kind)
+        model = models.SwinTransformer(**asdict(arch), drop_path_rate=drop_path, use_checkpoint=use_checkpoint,
+                                       attn_impl=kind)
     elif impl == "timm":
         import timm
 
@@ -125,7 +123,7 @@ def make_step(model: nn.Module, setting: str, arch: Arch, batch: int, device: to
                 model(x)
         return infer
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # as engine/optim.py, on CPU and CUDA
 
     def step() -> None:
         with autocast:
@@ -237,14 +235,16 @@ def run(args: argparse.Namespace) -> dict:
     result: dict = {
         "model": args.model, "arch": asdict(arch), "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "batch": args.batch, "threads": torch.get_num_threads(), "iters": args.iters,
-        "repeats": args.repeats, "warmup": args.warmup, "drop_path": 0.1, "impls": impls,
+        "repeats": args.repeats, "warmup": args.warmup, "drop_path": 0.1, "optimizer": "AdamW(fused=True)",
+        "impls": impls,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "host": platform.node(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "settings": {}, "ratios": {},
+        "load_average": _load(), "settings": {}, "ratios": {},
     }
-    for lib in ("timm", "torchvision"):
-        result[lib] = __import__(lib).__version__
+    import timm
+    import torchvision
+
+    result["timm"], result["torchvision"] = timm.__version__, torchvision.__version__
     for setting in args.settings:
         torch.manual_seed(0)
         steps = {impl: make_step(build(impl, arch, device), setting, arch, args.batch, device) for impl in impls}
@@ -261,8 +261,12 @@ def run(args: argparse.Namespace) -> dict:
         mem = activation_memory(arch_of(args.memory_model), args.memory_batch, device)
         result["activation_memory"] = {"model": args.memory_model, "batch": args.memory_batch, "dtype": "float32",
                                        "bytes_per_image": mem}
-    result["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result["load_average_end"] = _load()
     return result
+
+
+def _load() -> Optional[List[float]]:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def format_table(result: dict) -> str:
@@ -296,7 +300,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="images per step (default 8 on CPU, 128 on CUDA)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op CPU threads")
     p.add_argument("--iters", type=int, help="timed iterations per round (default 1 on CPU, 5 on CUDA)")
-    p.add_argument("--repeats", type=int, help="rounds of turns (default 3)")
+    p.add_argument("--repeats", type=int, help="rounds of turns (default 5 on CPU, 3 on CUDA)")
     p.add_argument("--warmup", type=int, help="untimed iterations first (default 1 on CPU, 3 on CUDA)")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
     p.add_argument("--impls", nargs="+", choices=IMPLS, help="implementations (default: ours timm torchvision, "
@@ -309,7 +313,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="write the JSON here")
     args = p.parse_args(argv)
     cuda = torch.device(args.device).type == "cuda"
-    for key, cpu_value, cuda_value in (("batch", 8, 128), ("iters", 1, 5), ("repeats", 3, 3), ("warmup", 1, 3)):
+    for key, cpu_value, cuda_value in (("batch", 8, 128), ("iters", 1, 5), ("repeats", 5, 3), ("warmup", 1, 3)):
         if getattr(args, key) is None:
             setattr(args, key, cuda_value if cuda else cpu_value)
     if cuda and not torch.cuda.is_available():
