@@ -32,7 +32,10 @@ def _shift_copy(grid: torch.Tensor, windows: torch.Tensor, window: Tuple[int, in
             nj, nc = wj.stop - wj.start, wc.stop - wc.start
             g = grid[:, rows, cols].view(B, ni, na, nj, nc, C).permute(0, 1, 3, 2, 4, 5)  # B, ni, nj, na, nc, C
             w = windows[:, hi, wj, ha, wc]  # B, ni, nj, na, nc, C
-            (w.copy_(g) if to_windows else g.copy_(w))
+            if to_windows:
+                w.copy_(g)
+            else:
+                g.copy_(w)
 
 
 def _partition(x: torch.Tensor, window: Tuple[int, int], shift: Tuple[int, int]) -> torch.Tensor:

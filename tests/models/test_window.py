@@ -12,6 +12,20 @@ def test_partition_reverse_round_trip_and_window_contents():
     assert torch.equal(window_reverse(w, (7, 7), 14, 21), x)
 
 
+def test_shifted_partition_equals_roll_then_partition_with_gradients():
+    for H, W, win, shift in ((14, 21, (7, 7), (3, 3)), (14, 21, (7, 7), (0, 3)), (24, 12, (12, 12), (6, 6))):
+        x = torch.randn(2, H, W, 3, requires_grad=True)
+        ref = torch.roll(x, (-shift[0], -shift[1]), (1, 2))
+        ref = ref.view(2, H // win[0], win[0], W // win[1], win[1], 3).permute(0, 1, 3, 2, 4, 5).reshape(-1, win[0] * win[1], 3)
+        out = window_partition(x, win, shift)
+        assert torch.equal(out, ref)
+        g = torch.randn_like(out)
+        assert torch.equal(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+        back = window_reverse(out, win, H, W, shift)
+        assert torch.equal(back, x)
+        assert torch.equal(torch.autograd.grad(back, out, x)[0], window_partition(x, win, shift))
+
+
 def test_relative_position_index_matches_the_official_formula():
     wh = ww = 3
     idx = relative_position_index((wh, ww))
