@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patch x patch convolution to embed_dim channels, then LayerNorm: (B, C, H, W) -> (B, H/p, W/p, D)."""
+    """Non-overlapping p x p convolution to embed_dim channels, then LayerNorm: (B, C, H, W) -> (B, H/p, W/p, D)."""
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int, patch_norm: bool) -> None:
         super().__init__()

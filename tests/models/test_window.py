@@ -16,7 +16,8 @@ def test_shifted_partition_equals_roll_then_partition_with_gradients():
     for H, W, win, shift in ((14, 21, (7, 7), (3, 3)), (14, 21, (7, 7), (0, 3)), (24, 12, (12, 12), (6, 6))):
         x = torch.randn(2, H, W, 3, requires_grad=True)
         ref = torch.roll(x, (-shift[0], -shift[1]), (1, 2))
-        ref = ref.view(2, H // win[0], win[0], W // win[1], win[1], 3).permute(0, 1, 3, 2, 4, 5).reshape(-1, win[0] * win[1], 3)
+        ref = ref.view(2, H // win[0], win[0], W // win[1], win[1], 3).permute(0, 1, 3, 2, 4, 5)
+        ref = ref.reshape(-1, win[0] * win[1], 3)
         out = window_partition(x, win, shift)
         assert torch.equal(out, ref)
         g = torch.randn_like(out)
