@@ -95,17 +95,21 @@ def synchronize(device: torch.device) -> None:
 
 
 def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model from /proc/cpuinfo (platform.processor() where there is none)."""
+    """GPU name, or the CPU model from /proc/cpuinfo with its core count and matrix-relevant ISA flags."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    name, flags = platform.processor() or platform.machine(), set()
     try:
+        info: Dict[str, str] = {}
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())  # the first core's lines are enough
+        name, flags = info["model name"], set(info.get("flags", "").split())
+    except (OSError, KeyError):
         pass
-    return platform.processor() or platform.machine()
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({os.cpu_count()} cores{', ' if isa else ''}{' '.join(isa)})"
 
 
 def make_step(model: nn.Module, setting: str, arch: Arch, batch: int, device: torch.device) -> Callable[[], None]:
@@ -239,7 +243,7 @@ def run(args: argparse.Namespace) -> dict:
         "impls": impls,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "host": platform.node(),
-        "load_average": _load(), "settings": {}, "ratios": {},
+        "load_average": _load(), **_git_state(), "settings": {}, "ratios": {},
     }
     import timm
     import torchvision
@@ -263,6 +267,21 @@ def run(args: argparse.Namespace) -> dict:
                                        "bytes_per_image": mem}
     result["load_average_end"] = _load()
     return result
+
+
+def _git_state() -> Dict[str, object]:
+    """Commit of the measured code and whether models/ had uncommitted changes (None outside a git checkout)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "models"], cwd=root, capture_output=True, text=True,
+                               timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"git_commit": None, "models_dirty": None}
+    ok = head.returncode == 0
+    return {"git_commit": head.stdout.strip() if ok else None, "models_dirty": bool(dirty.stdout.strip()) if ok else None}
 
 
 def _load() -> Optional[List[float]]:
