@@ -2,8 +2,15 @@
 
 A checkpoint is a dict of plain tensors, numbers, strings, lists and dicts (the config as YAML text), so it
 always loads with `torch.load(..., weights_only=True)`: nothing in a checkpoint is ever run as code.
-Files are named like the official release (`ckpt_epoch_<N>.pth`) and written atomically: a crash, a kill or a
-full disk half way through leaves the previous file under that name untouched and no partial file behind.
+Files are named like the official release (`ckpt_epoch_<N>.pth`, written after epoch N) and written
+atomically: a crash, a kill or a full disk half way through leaves the previous file under that name untouched
+and no partial file under a checkpoint's name (a SIGKILL can leave a hidden `.ckpt_*.tmp` file, which
+`remove_stale_temp_files` deletes when the next run starts).
+
+A run stopped by a preemption signal in the middle of epoch N saves `ckpt_epoch_<N>_step_<S>.pth` (S: the
+run's update count): it holds the position inside the epoch, and auto-resume prefers it over
+`ckpt_epoch_<N-1>.pth` and anything older. It is deleted as soon as a newer checkpoint loads, and does not
+count towards TRAIN.KEEP_LAST.
 """
 from __future__ import annotations
 
@@ -21,7 +28,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_CKPT_RE = re.compile(r"^ckpt_epoch_(\d+)\.pth$")
+_CKPT_RE = re.compile(r"^ckpt_epoch_(\d+)(?:_step_(\d+))?\.pth$")
+_TMP_RE = re.compile(r"^\.ckpt_epoch_\d+(?:_step_\d+)?\.pth\.[0-9a-f]{12}\.tmp$")  # atomic_write's temp names
 
 
 class CheckpointError(RuntimeError):
@@ -31,6 +39,11 @@ class CheckpointError(RuntimeError):
 def checkpoint_path(run_dir: str, epoch: int) -> str:
     """The official file name of the checkpoint written after `epoch`: <run_dir>/ckpt_epoch_<epoch>.pth."""
     return os.path.join(run_dir, f"ckpt_epoch_{epoch}.pth")
+
+
+def mid_epoch_checkpoint_path(run_dir: str, epoch: int, global_step: int) -> str:
+    """<run_dir>/ckpt_epoch_<epoch>_step_<global_step>.pth: epoch `epoch` stopped after update `global_step`."""
+    return os.path.join(run_dir, f"ckpt_epoch_{epoch}_step_{global_step}.pth")
 
 
 def _named_tensors(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -160,14 +173,27 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def _epoch_checkpoints(run_dir: str) -> list[tuple[int, str]]:
-    """[(epoch, path)] of the ckpt_epoch_<N>.pth files in run_dir, newest (highest N) first."""
+def _checkpoints(run_dir: str) -> list[tuple[tuple[int, int, int], str]]:
+    """[(order key, path)] of the checkpoints in run_dir, newest first.
+
+    The key orders by training progress: epoch N stopped after update S is (N, 0, S), after epoch N is (N, 1, 0).
+    """
     try:
         names = os.listdir(run_dir)
     except FileNotFoundError:
         return []
-    found = [(int(m.group(1)), os.path.join(run_dir, n)) for n in names if (m := _CKPT_RE.match(n))]
+    found = []
+    for name in names:
+        m = _CKPT_RE.match(name)
+        if m:
+            epoch, step = int(m.group(1)), m.group(2)
+            key = (epoch, 1, 0) if step is None else (epoch, 0, int(step))
+            found.append((key, os.path.join(run_dir, name)))
     return sorted(found, reverse=True)
+
+
+def _is_mid_epoch(key: tuple[int, int, int]) -> bool:
+    return key[1] == 0
 
 
 def _loads(path: str) -> bool:
@@ -180,27 +206,29 @@ def _loads(path: str) -> bool:
 
 
 def find_resume_checkpoint(run_dir: str) -> str | None:
-    """The newest ckpt_epoch_<N>.pth in run_dir (by N) that loads; broken ones are skipped with a warning.
+    """The newest checkpoint in run_dir (by training progress) that loads; broken ones are skipped with a warning.
 
     Returns None when the directory holds no loadable checkpoint. The probe memory-maps the file, so it
     costs little even for large checkpoints; load the returned path with `load_checkpoint`.
     """
-    for _, path in _epoch_checkpoints(run_dir):
+    for _, path in _checkpoints(run_dir):
         if _loads(path):
             return path
     return None
 
 
 def prune_checkpoints(run_dir: str, keep_last: int, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """Delete ckpt_epoch_*.pth files beyond the newest `keep_last`; return the deleted paths.
+    """Delete epoch checkpoints beyond the newest `keep_last`, and mid-epoch ones a newer checkpoint replaces;
+    return the deleted paths.
 
     Never deletes a path in `keep` (e.g. the best checkpoint) nor the newest checkpoint that loads (so a
     damaged newest file can never leave the run without a resumable checkpoint).
     """
-    found = _epoch_checkpoints(run_dir)
-    protected = {os.path.realpath(p) for p in keep}
-    protected.update(os.path.realpath(p) for _, p in found[: max(keep_last, 0)])
+    found = _checkpoints(run_dir)
     newest_good = next((p for _, p in found if _loads(p)), None)
+    protected = {os.path.realpath(p) for p in keep}
+    epoch_ends = [p for key, p in found if not _is_mid_epoch(key)]
+    protected.update(os.path.realpath(p) for p in epoch_ends[: max(keep_last, 0)])
     if newest_good is not None:
         protected.add(os.path.realpath(newest_good))
     deleted = []
@@ -211,6 +239,21 @@ def prune_checkpoints(run_dir: str, keep_last: int, keep: set[str] | frozenset[s
     if deleted:
         log.info("Removed old checkpoints: %s", ", ".join(os.path.basename(p) for p in deleted))
     return deleted
+
+
+def remove_stale_temp_files(run_dir: str) -> list[str]:
+    """Delete temp files a killed checkpoint write left in run_dir (call before this run writes any)."""
+    try:
+        names = os.listdir(run_dir)
+    except FileNotFoundError:
+        return []
+    stale = [os.path.join(run_dir, n) for n in names if _TMP_RE.match(n)]
+    for path in stale:
+        os.remove(path)
+    if stale:
+        log.warning("Removed unfinished checkpoint writes of an earlier run: %s",
+                    ", ".join(os.path.basename(p) for p in stale))
+    return stale
 
 
 def capture_rng_state() -> dict:

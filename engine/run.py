@@ -5,6 +5,14 @@ Works as one plain process (`python main.py ...`) and under torchrun unchanged. 
 evaluate (and the EMA), log, checkpoint; finally eval.json + report.md. Everything random in an epoch is a
 pure function of (SEED, rank, epoch), so a run resumed at an epoch boundary ends bitwise equal to an
 uninterrupted one (same device, processes and workers).
+
+Preemption (SIGTERM, or SIGUSR1 from SLURM's --signal): every rank finishes its current optimizer update, the
+ranks agree to stop after the same one, rank 0 saves ckpt_epoch_<N>_step_<S>.pth with the position inside the
+epoch and every rank's RNG state, and the process exits 0; the same command resumes from that update, bitwise
+as exact as from an epoch boundary. The ranks check after every update and once after each epoch's evaluation
+(then the epoch's own checkpoint is the one to resume from), so a stop waits for at most one update or one
+evaluation, then the save. Every rank ends with rank 0's message when a save fails, and with one clear
+message (no traceback) when a collective fails because another rank died or hung (DIST_TIMEOUT).
 """
 from __future__ import annotations
 
@@ -24,7 +32,8 @@ from configs import ConfigError, Derived, derive, dump_config
 from engine import checkpoint as ckpt_io
 from engine import report
 from engine.amp import AmpPolicy, resolve_amp
-from engine.distributed import DistInfo, broadcast_object, cleanup, setup_distributed
+from engine.distributed import (DistInfo, StopRequest, broadcast_object, cleanup, peer_failure_message,
+                                setup_distributed, signal_name)
 from engine.ema import build_ema
 from engine.evaluate import EvalResult, evaluate
 from engine.logging_utils import MetricsWriter, close_logging, setup_logging
@@ -58,6 +67,12 @@ def run(cfg: CfgNode) -> int:
         return _run(cfg, setup_distributed(cfg.DEVICE, cfg.DIST_TIMEOUT))
     except USER_ERRORS as e:
         log.error("%s", e)  # before logging is set up, Python's last-resort handler prints it to stderr
+        return 1
+    except RuntimeError as e:  # a dead or hung peer: its own log holds the cause, a traceback here is noise
+        message = peer_failure_message(e, int(os.environ.get("RANK", 0)))
+        if message is None:
+            raise
+        log.error("%s", message)
         return 1
     finally:
         close_logging()
@@ -142,6 +157,8 @@ def _log_eval(name: str, r: EvalResult, expected: int) -> None:
 
 def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: AmpPolicy) -> int:
     raw = model
+    if info.is_main:
+        ckpt_io.remove_stale_temp_files(derived.run_dir)
     resume = _resume_path(cfg, info, derived.run_dir)
     if cfg.MODEL.PRETRAINED and not resume:
         load_weights(raw, cfg.MODEL.PRETRAINED, mode="finetune")  # logs what it loaded, resized, remapped
@@ -155,32 +172,43 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
     ema = build_ema(cfg, raw)
     if cfg.TRAIN.COMPILE:
         model = torch.compile(model)
-    updates = steps_per_epoch(len(loaders.train_loader), cfg.TRAIN.ACCUMULATION_STEPS)
+    batches = len(loaders.train_loader)
+    updates = steps_per_epoch(batches, cfg.TRAIN.ACCUMULATION_STEPS)
     schedule = build_schedule(cfg, derived, updates)
     scaler = amp.make_scaler()
     state = TrainState(epoch=cfg.TRAIN.START_EPOCH, global_step=cfg.TRAIN.START_EPOCH * updates)
     progress = Progress()
     if resume:
-        state, progress = restore_state(ckpt_io.load_checkpoint(resume), resume, info.rank, derived, raw, optimizer,
-                                        scaler, ema, updates)
-        log.info("resumed from %s (epoch %d, step %d)", resume, state.epoch - 1, state.global_step)
-    metrics = MetricsWriter(derived.run_dir, info.is_main)
-    ctx = TrainContext(
-        optimizer=optimizer, schedule=schedule, criterion=build_criterion(cfg, loaders.mixup_fn is not None),
-        amp=amp, device=info.device, ema_source=raw, accumulation_steps=cfg.TRAIN.ACCUMULATION_STEPS,
-        clip_grad=cfg.TRAIN.CLIP_GRAD, scaler=scaler, ema=ema, mixup_fn=loaders.mixup_fn,
-        print_freq=cfg.PRINT_FREQ, max_bad_steps=cfg.TRAIN.MAX_BAD_STEPS, total_epochs=cfg.TRAIN.EPOCHS,
-        world_size=info.world_size, metrics=metrics,
-    )
+        state, progress = restore_state(ckpt_io.load_checkpoint(resume), resume, info.rank, cfg, derived, raw,
+                                        optimizer, scaler, ema, batches)
+        where = (f"epoch {state.epoch} after {state.epoch_batches} of {batches} micro-batches" if state.epoch_batches
+                 else f"epoch {state.epoch - 1}")
+        log.info("resumed from %s (%s, step %d)", resume, where, state.global_step)
+    with StopRequest() as stop, MetricsWriter(derived.run_dir, info.is_main) as metrics:
+        stop.shield_workers(loaders.train_loader)
+        stop.shield_workers(loaders.val_loader)
+        ctx = TrainContext(
+            optimizer=optimizer, schedule=schedule, criterion=build_criterion(cfg, loaders.mixup_fn is not None),
+            amp=amp, device=info.device, ema_source=raw, accumulation_steps=cfg.TRAIN.ACCUMULATION_STEPS,
+            clip_grad=cfg.TRAIN.CLIP_GRAD, scaler=scaler, ema=ema, mixup_fn=loaders.mixup_fn,
+            print_freq=cfg.PRINT_FREQ, max_bad_steps=cfg.TRAIN.MAX_BAD_STEPS, total_epochs=cfg.TRAIN.EPOCHS,
+            world_size=info.world_size, metrics=metrics, stop=stop.agreed,
+        )
+        return _train_epochs(cfg, info, derived, model, raw, loaders, amp, ctx, state, progress, updates)
+
+
+def _train_epochs(cfg: CfgNode, info: DistInfo, derived: Derived, model, raw, loaders, amp: AmpPolicy,
+                  ctx: TrainContext, state: TrainState, progress: Progress, updates: int) -> int:
+    """The epoch loop, then the final report; returns the exit code."""
     log.info("start training: epochs %d-%d, %d updates per epoch, total batch %d, lr %.3e",
              state.epoch, cfg.TRAIN.EPOCHS - 1, updates, derived.total_batch, derived.base_lr)
     final: tuple[EvalResult, bool] | None = None
-    try:
-        for epoch in range(state.epoch, cfg.TRAIN.EPOCHS):
-            state.epoch = epoch
-            final = _one_epoch(cfg, info, derived, model, raw, loaders, amp, ctx, state, progress, updates)
-    finally:
-        metrics.close()
+    for epoch in range(state.epoch, cfg.TRAIN.EPOCHS):
+        state.epoch = epoch
+        final = _one_epoch(cfg, info, derived, model, raw, loaders, amp, ctx, state, progress, updates)
+        if final is None:  # stopped by a signal; the checkpoint to resume from is written
+            return 0
+    ema = ctx.ema
     if final is None:  # resumed after the last epoch: nothing left to train, evaluate what was restored
         use_ema = bool(cfg.TEST.USE_EMA and ema is not None)
         final = (evaluate(ema.module if use_ema else raw, loaders.val_loader, info.device, amp), use_ema)
@@ -196,12 +224,18 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
 
 
 def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, ctx: TrainContext,
-               state: TrainState, progress: Progress, updates: int) -> tuple[EvalResult, bool]:
-    """Train, evaluate, record and checkpoint one epoch; returns the evaluation the report would use."""
+               state: TrainState, progress: Progress, updates: int) -> tuple[EvalResult, bool] | None:
+    """Train, evaluate, record and checkpoint one epoch; returns the evaluation the report would use, or None
+    when a stop signal ended the run (after saving the checkpoint to resume from)."""
     epoch = state.epoch
-    seed_everything(epoch_seed(cfg.SEED, info.rank, epoch))
-    loaders.train_sampler.set_epoch(epoch)
+    if not state.epoch_batches:  # resuming mid-epoch: the checkpoint restored the RNG states of that moment
+        seed_everything(epoch_seed(cfg.SEED, info.rank, epoch))
+    loaders.train_sampler.set_epoch(epoch, start_index=state.epoch_batches * cfg.DATA.BATCH_SIZE)
     stats = train_one_epoch(model, loaders.train_loader, ctx, state)
+    if stats.stop_signal:
+        _save(cfg, info, derived, raw, ctx, state, progress, updates)
+        _log_stop(ctx, state, progress, stats.stop_signal)
+        return None
     result = evaluate(raw, loaders.val_loader, info.device, amp)
     _log_eval(f"epoch {epoch}", result, len(loaders.val_set))
     record = {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss,
@@ -224,20 +258,51 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
     log.info("Max accuracy: %.2f%% (epoch %d)", progress.max_accuracy, progress.best_epoch)
     ctx.metrics.write(record)
     last = epoch == cfg.TRAIN.EPOCHS - 1
-    if (epoch + 1) % max(cfg.SAVE_FREQ, 1) == 0 or last or is_best:
+    stop_signal = ctx.stop() if ctx.stop is not None and not last else 0  # a signal during evaluation
+    if (epoch + 1) % max(cfg.SAVE_FREQ, 1) == 0 or last or is_best or stop_signal:
         _save(cfg, info, derived, raw, ctx, state, progress, updates)
+    if stop_signal:
+        _log_stop(ctx, state, progress, stop_signal)
+        return None
     return reported, used_ema
 
 
 def _save(cfg, info: DistInfo, derived: Derived, raw, ctx: TrainContext, state: TrainState, progress: Progress,
           updates: int) -> None:
+    """Rank 0 writes the checkpoint (mid-epoch when state.epoch_batches > 0) and prunes old ones; a failure
+    stops every rank with rank 0's message, so none is left waiting for it in a collective."""
     rng = gather_rng_states()  # every rank takes part; only rank 0 writes
-    path = ckpt_io.checkpoint_path(derived.run_dir, state.epoch)
+    run_dir = derived.run_dir
+    path = (ckpt_io.mid_epoch_checkpoint_path(run_dir, state.epoch, state.global_step) if state.epoch_batches
+            else ckpt_io.checkpoint_path(run_dir, state.epoch))
+    error = ""
+    if info.is_main:
+        try:
+            ckpt_io.save_checkpoint(path, checkpoint_state(cfg, derived, raw, ctx.optimizer, ctx.scaler, ctx.ema,
+                                                           state, progress, rng, updates))
+        except ckpt_io.CheckpointError as e:
+            error = str(e)
+        except OSError as e:  # e.g. ENOSPC: atomic_write has already removed its partial file
+            error = (f"Could not write checkpoint {path}: {e.strerror or e}. No partial file was left and the "
+                     f"earlier checkpoints in {run_dir} are intact: make room (or fix permissions), then run the "
+                     "same command again to resume from the newest one.")
+    error = broadcast_object(error)
+    if error:
+        raise ckpt_io.CheckpointError(error)
     progress.last_checkpoint = path
-    if not info.is_main:
-        return
-    ckpt_io.save_checkpoint(path, checkpoint_state(cfg, derived, raw, ctx.optimizer, ctx.scaler, ctx.ema, state,
-                                                   progress, rng, updates))
-    log.info("saved %s", path)
-    best = ckpt_io.checkpoint_path(derived.run_dir, progress.best_epoch)
-    ckpt_io.prune_checkpoints(derived.run_dir, cfg.TRAIN.KEEP_LAST, keep={best})
+    if info.is_main:
+        log.info("saved %s", path)
+        best = ckpt_io.checkpoint_path(run_dir, progress.best_epoch)
+        try:
+            ckpt_io.prune_checkpoints(run_dir, cfg.TRAIN.KEEP_LAST, keep={best})
+        except OSError as e:  # never fatal: the new checkpoint is safe
+            log.warning("Could not remove old checkpoints in %s: %s", run_dir, e)
+
+
+def _log_stop(ctx: TrainContext, state: TrainState, progress: Progress, signum: int) -> None:
+    where = f"part way through epoch {state.epoch}" if state.epoch_batches else f"after epoch {state.epoch}"
+    log.info("Stopping on %s (update %d, %s); saved %s. Run the same command again to resume from there.",
+             signal_name(signum), state.global_step, where, progress.last_checkpoint)
+    if ctx.metrics is not None:
+        ctx.metrics.write({"kind": "stop", "epoch": state.epoch, "step": state.global_step,
+                           "signal": signal_name(signum), "checkpoint": progress.last_checkpoint})

@@ -4,6 +4,10 @@ A checkpoint written after epoch N holds everything the next epoch depends on: w
 the schedule position (the global update count: the learning rate is a pure function of it), the loss
 scaler, the EMA, the best accuracy so far and every rank's random-number state. Only plain tensors,
 numbers, strings and containers go in, so it loads with torch.load(weights_only=True).
+
+A checkpoint written when a preemption signal stopped epoch N part way also holds `epoch_progress` (epoch N,
+the micro-batches each rank consumed, and the batch layout they were counted in); its "epoch" is N - 1, the
+last finished one, so tools that only know the official format restart epoch N from its beginning.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from configs import Derived, dump_config
 from engine.checkpoint import CheckpointError, capture_rng_state, restore_rng_state
 from engine.distributed import all_gather_object
 from engine.ema import ema_state, load_ema_state
+from engine.optim import steps_per_epoch
 from engine.train import TrainState
 from models.weights import load_weights
 
@@ -44,8 +49,8 @@ def checkpoint_state(
     scaler: torch.amp.GradScaler | None, ema: ModelEmaV3 | None, state: TrainState, progress: Progress,
     rng: list[dict], updates_per_epoch: int,
 ) -> dict:
-    """The dict saved as ckpt_epoch_<state.epoch>.pth after that epoch finished."""
-    return {
+    """The dict saved after epoch `state.epoch` finished, or part way through it when state.epoch_batches > 0."""
+    out = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": {"step": state.global_step, "updates_per_epoch": updates_per_epoch},
@@ -59,6 +64,13 @@ def checkpoint_state(
         "config": dump_config(cfg),
         "derived": derived.as_dict(),
     }
+    if state.epoch_batches:
+        out["epoch"] = state.epoch - 1
+        out["epoch_progress"] = {
+            "epoch": state.epoch, "micro_batches": state.epoch_batches, "batch_size": cfg.DATA.BATCH_SIZE,
+            "accumulation_steps": cfg.TRAIN.ACCUMULATION_STEPS, "world_size": derived.world_size,
+        }
+    return out
 
 
 def _require(ckpt: dict, path: str, *keys: str) -> None:
@@ -71,10 +83,12 @@ def _require(ckpt: dict, path: str, *keys: str) -> None:
 
 
 def restore_state(
-    ckpt: dict, path: str, rank: int, derived: Derived, model: nn.Module, optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None, ema: ModelEmaV3 | None, updates_per_epoch: int,
+    ckpt: dict, path: str, rank: int, cfg: CfgNode, derived: Derived, model: nn.Module,
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, ema: ModelEmaV3 | None,
+    batches_per_epoch: int,
 ) -> tuple[TrainState, Progress]:
-    """Load a training checkpoint into the live objects; return the state to continue from (next epoch)."""
+    """Load a training checkpoint into the live objects; return the state to continue from (the next epoch,
+    or the saved position inside an epoch that was stopped part way)."""
     _require(ckpt, path, "model", "optimizer", "epoch", "global_step")
     try:
         model.load_state_dict(ckpt["model"])
@@ -92,7 +106,7 @@ def restore_state(
         else:
             log.warning("Checkpoint %s has no EMA weights; the EMA restarts from the current weights.", path)
             load_ema_state(ema, model.state_dict())
-    _warn_if_changed(ckpt, path, derived, updates_per_epoch)
+    _warn_if_changed(ckpt, path, derived, steps_per_epoch(batches_per_epoch, cfg.TRAIN.ACCUMULATION_STEPS))
     rng = ckpt.get("rng") or []
     if len(rng) == derived.world_size:
         restore_rng_state(rng[rank])
@@ -100,6 +114,7 @@ def restore_state(
         log.warning("Checkpoint %s holds RNG states of %d ranks, this run has %d; they are not restored.",
                     path, len(rng), derived.world_size)
     state = TrainState(epoch=int(ckpt["epoch"]) + 1, global_step=int(ckpt["global_step"]))
+    state.epoch_batches = _mid_epoch_position(ckpt, path, cfg, derived, state.epoch, batches_per_epoch)
     progress = Progress(max_accuracy=float(ckpt.get("max_accuracy", 0.0)), best_epoch=int(ckpt.get("best_epoch", -1)),
                         last_checkpoint=path)
     return state, progress
@@ -115,6 +130,26 @@ def _warn_if_changed(ckpt: dict, path: str, derived: Derived, updates_per_epoch:
     if saved_upe is not None and saved_upe != updates_per_epoch:
         log.warning("Checkpoint %s made %d updates per epoch, this run makes %d: the schedule continues from "
                     "update %d.", path, saved_upe, updates_per_epoch, ckpt["global_step"])
+
+
+def _mid_epoch_position(ckpt: dict, path: str, cfg: CfgNode, derived: Derived, epoch: int,
+                        batches_per_epoch: int) -> int:
+    """Micro-batches of `epoch` the checkpoint already trained on (0: start the epoch from its beginning)."""
+    saved = ckpt.get("epoch_progress")
+    if not saved:
+        return 0
+    now = {"epoch": epoch, "batch_size": cfg.DATA.BATCH_SIZE, "accumulation_steps": cfg.TRAIN.ACCUMULATION_STEPS,
+           "world_size": derived.world_size}
+    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v]
+    micro = int(saved.get("micro_batches", 0))
+    if micro > batches_per_epoch:
+        changed.append(f"{micro} micro-batches done of an epoch of {batches_per_epoch}")
+    if changed:
+        log.warning("Checkpoint %s stopped part way through epoch %s, but the batch layout changed (%s): epoch %d "
+                    "restarts from its first batch, the schedule continues from update %d.",
+                    path, saved.get("epoch"), ", ".join(changed), epoch, ckpt["global_step"])
+        return 0
+    return micro
 
 
 def restore_weights_for_eval(ckpt: dict, path: str, model: nn.Module, use_ema: bool) -> bool:

@@ -5,6 +5,10 @@ Nothing is read back to the host between log lines: losses, the gradient norm an
 updates stay on the device until a PRINT_FREQ line (or the end of the epoch) reads them in one go. A
 non-finite update is skipped on the device: fused optimizers take a `found_inf` flag (as GradScaler uses)
 and leave weights, moments and step counts untouched when it is set.
+
+Preemption: after every optimizer update (never between the micro-batches of an accumulation group) the loop
+asks `ctx.stop()` whether any rank got a stop signal; if so it returns with `TrainState.epoch_batches` telling
+how far into the epoch it got, and a later call continues from there (`set_epoch(epoch, start_index=...)`).
 """
 from __future__ import annotations
 
@@ -64,6 +68,8 @@ class TrainContext:
     total_epochs: int = 1
     world_size: int = 1
     metrics: MetricsWriter | None = None
+    # Collective, called after every update: the stop signal any rank received (0: keep training).
+    stop: Callable[[], int] | None = None
 
 
 @dataclass
@@ -72,14 +78,16 @@ class TrainState:
 
     epoch: int = 0
     global_step: int = 0  # optimizer updates made so far in the run (skipped ones included)
+    epoch_batches: int = 0  # micro-batches of `epoch` consumed so far (> 0 when resuming mid-epoch)
 
 
 @dataclass(frozen=True)
 class EpochStats:
-    loss: float  # mean loss of the finite micro-batches, over all ranks
-    updates: int
+    loss: float  # mean loss of the finite micro-batches (of this call), over all ranks
+    updates: int  # made by this call
     skipped: int  # updates skipped because the loss or gradient norm was not finite
     seconds: float
+    stop_signal: int = 0  # the signal that stopped the epoch early (0: it ran to its end)
 
 
 def _ddp(model: nn.Module) -> DistributedDataParallel | None:
@@ -163,11 +171,15 @@ def train_one_epoch(model: nn.Module, loader: Iterable, ctx: TrainContext, state
 
     Every ACCUMULATION_STEPS micro-batches make one optimizer update; the last, partial group of an epoch
     makes one too, with its losses averaged over its own size. Update k of the run uses schedule.lr_at(k).
+    `loader` holds the epoch's batches after the first `state.epoch_batches` (a whole number of groups). On
+    return `state.epoch_batches` is 0 when the epoch ran to its end, else the micro-batches consumed before
+    `ctx.stop` ended it (its position for a later call).
     """
     model.train()
     opt, device, acc = ctx.optimizer, ctx.device, ctx.accumulation_steps
     params = [p for g in opt.param_groups for p in g["params"]]
-    num_batches = len(loader)
+    done = state.epoch_batches
+    num_batches = done + len(loader)
     updates = steps_per_epoch(num_batches, acc)
     meters = _Meters(device)
     group_bad = torch.zeros((), dtype=torch.bool, device=device)
@@ -175,8 +187,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, ctx: TrainContext, state
 
     start = last_time = time.perf_counter()
     images_since = 0
-    update_idx = 0
-    for idx, (images, targets) in enumerate(loader):
+    first_update = update_idx = steps_per_epoch(done, acc)
+    stop_signal = 0
+    for idx, (images, targets) in enumerate(loader, start=done):
         group_start = idx - idx % acc
         group_size = min(acc, num_batches - group_start)
         last_micro = idx == group_start + group_size - 1
@@ -208,24 +221,34 @@ def train_one_epoch(model: nn.Module, loader: Iterable, ctx: TrainContext, state
         meters.add_update(bad, grad_norm)
         group_bad.zero_()
         state.global_step += 1
+        state.epoch_batches = idx + 1
         update_idx += 1
         if ctx.ema is not None:
             ema_update(ctx.ema, ctx.ema_source, state.global_step)
+        stop_signal = ctx.stop() if ctx.stop is not None else 0
 
-        if (ctx.print_freq and (update_idx - 1) % ctx.print_freq == 0) or update_idx == updates:
+        if (ctx.print_freq and (update_idx - 1) % ctx.print_freq == 0) or update_idx == updates or stop_signal:
             now = time.perf_counter()
             _log_step(ctx, state, meters, update_idx, updates, images_since / max(now - last_time, 1e-9),
-                      (now - start) / update_idx)
+                      (now - start) / (update_idx - first_update))
             images_since, last_time = 0, time.perf_counter()
+        if stop_signal:
+            break
 
     loss_sum, loss_count = all_reduce_sum(torch.stack([meters.loss_sum, meters.loss_count])).tolist()
     bad_max, bad_total = meters.bad_max.item(), meters.bad_total.item()
     _check_bad(bad_max, bad_total, ctx, state)
     seconds = time.perf_counter() - start
-    log.info("EPOCH %d training takes %s (%d updates, %d skipped)", state.epoch, format_seconds(seconds),
-             update_idx, int(bad_total))
-    return EpochStats(loss=loss_sum / loss_count if loss_count else float("nan"), updates=update_idx,
-                      skipped=int(bad_total), seconds=seconds)
+    made = update_idx - first_update
+    if stop_signal:
+        log.info("EPOCH %d stopped after update %d of %d (%d micro-batches)", state.epoch, update_idx, updates,
+                 state.epoch_batches)
+    else:
+        state.epoch_batches = 0
+        log.info("EPOCH %d training takes %s (%d updates, %d skipped)", state.epoch, format_seconds(seconds),
+                 made, int(bad_total))
+    return EpochStats(loss=loss_sum / loss_count if loss_count else float("nan"), updates=made,
+                      skipped=int(bad_total), seconds=seconds, stop_signal=stop_signal)
 
 
 def _log_step(ctx: TrainContext, state: TrainState, meters: _Meters, update_idx: int, updates: int,
