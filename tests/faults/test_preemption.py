@@ -1,0 +1,110 @@
+"""Preemption: a SIGUSR1 that only rank 1 of a 2-process torchrun job receives stops both ranks after the same
+update with a mid-epoch checkpoint and exit code 0, and the same command finishes the run bitwise equal to an
+uninterrupted one; SIGTERM does the same to a single-process run (which restores the previous handler)."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+import engine
+from configs import get_config
+from tests.faults.helpers import (RUN_OPTS, TIMEOUT, assert_bitwise_equal, finish, main_cmd, rank_pid, run_dir,
+                                  start, wait_for_step)
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc"), reason="finds torchrun's workers through /proc")
+
+# Per rank and epoch: 256 / 2 images = 32 micro-batches of 4 = 16 updates (accumulation 2).
+OPTS = ["DATA.SYNTHETIC_TRAIN_SIZE", "256", "TRAIN.EPOCHS", "2"]
+UPDATES = 16
+
+
+def _stopped_checkpoint(directory: str, epoch: int) -> tuple[str, int]:
+    names = [n for n in os.listdir(directory) if re.fullmatch(rf"ckpt_epoch_{epoch}_step_\d+\.pth", n)]
+    assert len(names) == 1, sorted(os.listdir(directory))
+    return os.path.join(directory, names[0]), int(names[0].rsplit("_", 1)[1][:-4])
+
+
+def _interrupt(cmd: list[str], log: str, directory: str, min_step: int, send) -> tuple[int, str, float]:
+    """Start cmd, wait for training step `min_step`, call send(proc); returns (exit code, output, seconds
+    from the signal to the exit)."""
+    proc = start(cmd, log)
+    wait_for_step(proc, directory, min_step)
+    sent = time.monotonic()
+    send(proc)
+    code, out = finish(proc, log)
+    return code, out, time.monotonic() - sent
+
+
+def test_sigusr1_to_one_rank_stops_both_mid_epoch_and_resume_is_bitwise_exact(tmp_path):
+    baseline, out = str(tmp_path / "baseline"), str(tmp_path / "preempted")
+    cmd = main_cmd(out, *OPTS, procs=2)
+    code, text = finish(start(main_cmd(baseline, *OPTS, procs=2), str(tmp_path / "baseline.log")),
+                        str(tmp_path / "baseline.log"))
+    assert code == 0, text[-3000:]
+    d = run_dir(out)
+
+    # SIGUSR1 (SLURM's early warning) to rank 1 only: rank 0 must learn of it and stop after the same update.
+    code, text, seconds = _interrupt(cmd, str(tmp_path / "a.log"), d, UPDATES + 2,
+                                     lambda p: os.kill(rank_pid(p, 1), signal.SIGUSR1))
+    assert code == 0, text[-3000:]  # torchrun's exit code: both workers exited 0
+    assert seconds < 60
+    path, step = _stopped_checkpoint(d, 1)
+    assert UPDATES + 2 <= step < 2 * UPDATES, "the stop should fall inside epoch 1"
+    assert f"Stopping on SIGUSR1 (update {step}, part way through epoch 1); saved {path}" in text
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] == step and len(ckpt["rng"]) == 2
+    micro = 2 * (step - UPDATES)
+    assert ckpt["epoch_progress"] == {"epoch": 1, "micro_batches": micro, "batch_size": 4,
+                                      "accumulation_steps": 2, "world_size": 2}
+
+    # The same command resumes after that update and ends bitwise equal to the uninterrupted run.
+    code, text = finish(start(cmd, str(tmp_path / "b.log")), str(tmp_path / "b.log"))
+    assert code == 0, text[-3000:]
+    assert f"resumed from {path} (epoch 1 after {micro} of 32 micro-batches, step {step})" in text
+    assert sorted(n for n in os.listdir(d) if n.endswith(".pth")) == ["ckpt_epoch_0.pth", "ckpt_epoch_1.pth"]
+    assert_bitwise_equal(os.path.join(d, "ckpt_epoch_1.pth"), os.path.join(run_dir(baseline), "ckpt_epoch_1.pth"))
+
+
+def _send_when(directory: str, min_step: int, signum: int) -> threading.Thread:
+    """A thread that sends `signum` to this process once metrics.jsonl records step `min_step`."""
+    def watch() -> None:
+        wait_for_step(None, directory, min_step)
+        os.kill(os.getpid(), signum)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_sigterm_in_a_single_process_run_saves_mid_epoch_and_resumes_exactly(tmp_path):
+    """engine.run in this process, so the three runs cost no interpreter start-up; the signal is real."""
+    opts = ["DATA.SYNTHETIC_TRAIN_SIZE", "192", "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0"]  # 24 updates
+    cfg = lambda output: get_config(None, RUN_OPTS + opts + ["OUTPUT", output])  # noqa: E731
+    assert engine.run(cfg(str(tmp_path / "baseline"))) == 0
+    d = run_dir(str(tmp_path / "preempted"))
+    caught = []
+
+    def late(signum, frame) -> None:  # in place outside the run: a late signal must not end pytest
+        caught.append(signum)
+
+    before = signal.signal(signal.SIGTERM, late)
+    try:
+        watcher = _send_when(d, 3, signal.SIGTERM)
+        assert engine.run(cfg(str(tmp_path / "preempted"))) == 0
+        watcher.join(TIMEOUT)
+        assert signal.getsignal(signal.SIGTERM) is late, "the run must restore the previous handler"
+        assert not caught, "the signal came after the run had ended"
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    path, step = _stopped_checkpoint(d, 0)
+    assert 3 <= step < 24
+    assert engine.run(cfg(str(tmp_path / "preempted"))) == 0
+    assert f"resumed from {path}" in open(os.path.join(d, "log.txt")).read()
+    assert_bitwise_equal(os.path.join(d, "ckpt_epoch_0.pth"),
+                         os.path.join(run_dir(str(tmp_path / "baseline")), "ckpt_epoch_0.pth"))
