@@ -69,7 +69,8 @@ def build_transform(is_train: bool, cfg) -> Callable:
         fix_posterize(t)
         if not resize_im:  # small images (CIFAR-like): padded random crop instead of RandomResizedCrop
             # pad_if_needed: a no-op for images of at least IMG_SIZE (the official case), no crash below it
-            t.transforms[0] = transforms.RandomCrop(size, padding=4, pad_if_needed=True)
+            pad = cfg.AUG.SMALL_CROP_PADDING
+            t.transforms[0] = transforms.RandomCrop(size, padding=pad, pad_if_needed=True)
         return t
 
     # The official eval resize maps 'random' (a training-only choice) to bilinear.

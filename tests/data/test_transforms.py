@@ -92,3 +92,15 @@ def test_mixup_targets_and_config():
     assert build_mixup(minmax, 5).cutmix_minmax == (0.2, 0.8)
     with pytest.raises(DataError, match="BATCH_SIZE is 7.*even"):
         build_mixup(get_config(opts=["DATA.BATCH_SIZE", "7"]), 5)
+
+
+def test_small_image_crop_padding_is_configurable():
+    img = Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)).convert("RGB")
+    official = build_transform(True, get_config(None, ["DATA.IMG_SIZE", "28", "AUG.AUTO_AUGMENT", "none", "AUG.REPROB", "0.0"]))
+    assert official.transforms[0].padding == 4
+    flips_only = build_transform(True, get_config(None, ["DATA.IMG_SIZE", "28", "AUG.AUTO_AUGMENT", "none", "AUG.REPROB", "0.0",
+                                                          "AUG.SMALL_CROP_PADDING", "0", "AUG.COLOR_JITTER", "0.0"]))
+    plain = build_transform(False, get_config(None, ["DATA.IMG_SIZE", "28"]))(img)
+    for _ in range(8):  # without padding the crop is the whole image: the output is the image or its mirror
+        out = flips_only(img)
+        assert torch.equal(out, plain) or torch.equal(out, plain.flip(-1))
