@@ -280,8 +280,9 @@ def _git_state() -> Dict[str, object]:
                                timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return {"git_commit": None, "models_dirty": None}
-    ok = head.returncode == 0
-    return {"git_commit": head.stdout.strip() if ok else None, "models_dirty": bool(dirty.stdout.strip()) if ok else None}
+    if head.returncode != 0:
+        return {"git_commit": None, "models_dirty": None}
+    return {"git_commit": head.stdout.strip(), "models_dirty": bool(dirty.stdout.strip())}
 
 
 def _load() -> Optional[List[float]]:

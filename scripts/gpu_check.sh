@@ -225,14 +225,14 @@ if [ $YACS = 1 ]; then
   keep ddp
   grep -m 1 "NCCL version" "$OUT/ddp_torchrun.log" || echo "(no NCCL start-up line in ddp_torchrun.log)"
   # (2) mixed precision through the engine: bf16, and fp16 with its GradScaler
-  check amp_bf16 120 bash "$WORK/main_run.sh" amp_bf16 bfloat16 python "${TINY[@]}" TRAIN.EPOCHS 1 TRAIN.WARMUP_EPOCHS 0 \
-    AMP_DTYPE bfloat16
+  check amp_bf16 120 bash "$WORK/main_run.sh" amp_bf16 bfloat16 python "${TINY[@]}" TRAIN.EPOCHS 1 \
+    TRAIN.WARMUP_EPOCHS 0 AMP_DTYPE bfloat16
   keep amp_bf16
   if [ "$DRY" = 1 ]; then
     SKIPPED+=(amp_fp16); echo "SKIP amp_fp16 (float16 autocast needs CUDA; the engine refuses it on CPU)"
   else
-    check amp_fp16 120 bash "$WORK/main_run.sh" amp_fp16 float16 python "${TINY[@]}" TRAIN.EPOCHS 1 TRAIN.WARMUP_EPOCHS 0 \
-      AMP_DTYPE float16
+    check amp_fp16 120 bash "$WORK/main_run.sh" amp_fp16 float16 python "${TINY[@]}" TRAIN.EPOCHS 1 \
+      TRAIN.WARMUP_EPOCHS 0 AMP_DTYPE float16
   fi
   keep amp_fp16
 else
