@@ -77,6 +77,8 @@ class WindowAttention(nn.Module):
             return None if mask is None else mask.to(dtype).unsqueeze(1)  # nW, 1, N, N
         if table.requires_grad and torch.is_grad_enabled():
             return self._combine(mask, dtype)  # must stay in the autograd graph: not cached
+        if torch.compiler.is_compiling():
+            return self._combine(mask, dtype)  # a Python dict lookup would break the graph; the compiler folds it
         # a new table object, an in-place update (optimizer step, load_state_dict) or a move invalidates the entry
         key = (mask_key, dtype, id(table), table._version, table.device, table.dtype)
         bias = self._cache.get(key)

@@ -172,3 +172,14 @@ def test_wrong_channel_count_raises_one_clear_error():
     model = SwinTransformer(**tiny_kwargs())
     with pytest.raises(ValueError, match=r"\(batch, 3, height, width\).*in_chans=1"):
         model(torch.randn(1, 1, 56, 56))
+
+
+def test_eval_forward_traces_into_one_graph_for_torch_compile():
+    # the cached bias lookup must not break the graph (38 breaks on this model before it was skipped under compile)
+    model = SwinTransformer(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(1, 2),
+                            num_classes=10, attn_impl="sdpa").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(model)(x)
+        assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)  # the cache path still serves eager calls
