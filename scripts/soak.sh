@@ -3,7 +3,7 @@
 # (restarting the same command after every stop, as a requeued job does) and check that the final weights, EMA
 # weights and optimizer state are bitwise equal. Prints the numbers and PASS or FAIL (exit code 0 or 1).
 #
-#   scripts/soak.sh                                                          # about 20 minutes on 2 CPU cores
+#   scripts/soak.sh                                                          # 5-10 minutes on 2 CPU cores
 #   SOAK_EPOCHS=2 SOAK_TRAIN_SIZE=2048 SOAK_MIN_WAIT=8 SOAK_MAX_WAIT=20 scripts/soak.sh   # about 3 minutes
 #
 # Settings (environment, defaults in brackets):
