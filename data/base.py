@@ -161,3 +161,19 @@ class ImageDataset(Dataset):
         with seeded_rngs(seed):  # covers the crop drawn before decoding, too
             x, used = self._sample_or_skip(index)
         return x, self.target(used)
+
+
+class LabeledImageDataset(ImageDataset):
+    """An ImageDataset whose labels are one int64 array `self._labels`, set by the subclass's __init__."""
+
+    _labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def target(self, index: int) -> int:
+        return int(self._labels[index])
+
+    @property
+    def targets(self) -> list[int]:
+        return self._labels.tolist()

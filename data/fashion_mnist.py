@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from data.base import ImageDataset
+from data.base import LabeledImageDataset
 from data.errors import DataError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -49,7 +49,7 @@ def read_idx(path: str) -> np.ndarray:
     return data.reshape(dims)
 
 
-class FashionMNIST(ImageDataset):
+class FashionMNIST(LabeledImageDataset):
     """The training (60,000) or test (10,000, used as val) split."""
 
     num_classes = len(CLASSES)
@@ -73,18 +73,8 @@ class FashionMNIST(ImageDataset):
             raise DataError(f"Fashion-MNIST {prefix} labels in {root} go up to {self._labels.max()}; expected 0..9.")
         self.root = root
 
-    def __len__(self) -> int:
-        return len(self._labels)
-
     def name(self, index: int) -> str:
         return f"{self.root} fashion-mnist #{index}"
-
-    def target(self, index: int) -> int:
-        return int(self._labels[index])
-
-    @property
-    def targets(self) -> list[int]:
-        return self._labels.tolist()
 
     def load(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index]).convert("RGB")

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from data.base import ImageDataset
+from data.base import LabeledImageDataset
 from data.errors import DataError
 from data.images import is_image_file
 
@@ -56,7 +56,7 @@ def scan_split(split_dir: str, classes: list[str]) -> tuple[list[str], list[int]
     return paths, labels
 
 
-class FolderDataset(ImageDataset):
+class FolderDataset(LabeledImageDataset):
     """One split of the folder layout, decoded with `decode_rgb` (every image becomes 3-channel RGB)."""
 
     def __init__(self, root: str, split: str, transform: Callable | None = None, on_corrupt: str = "error",
@@ -98,21 +98,11 @@ class FolderDataset(ImageDataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def __len__(self) -> int:
-        return len(self._labels)
-
     def path(self, index: int) -> str:
         return os.path.join(self.split_dir, self._paths[index].decode())
 
     def name(self, index: int) -> str:
         return self.path(index)
-
-    def target(self, index: int) -> int:
-        return int(self._labels[index])
-
-    @property
-    def targets(self) -> list[int]:
-        return self._labels.tolist()
 
     def source(self, index: int) -> str:
         return self.path(index)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from data.base import ImageDataset
+from data.base import LabeledImageDataset
 from data.errors import DataError
 from data.folder import check_root
 from data.zipped import read_map
@@ -41,7 +41,7 @@ def read_22k_map(path: str) -> tuple[list[str], list[int]]:
         raise DataError(f"{path} must be a JSON list of [path, label] pairs; expected {IN22K_LAYOUT}.") from None
 
 
-class IN22KDataset(ImageDataset):
+class IN22KDataset(LabeledImageDataset):
     """One split of ImageNet-22K as listed in the official map file."""
 
     num_classes = IN22K_CLASSES
@@ -64,18 +64,8 @@ class IN22KDataset(ImageDataset):
         self._paths = np.array([p.lstrip("/").encode() for p in paths])
         self._labels = np.asarray(labels, dtype=np.int64)
 
-    def __len__(self) -> int:
-        return len(self._labels)
-
     def name(self, index: int) -> str:
         return os.path.join(self.root, self._paths[index].decode())
-
-    def target(self, index: int) -> int:
-        return int(self._labels[index])
-
-    @property
-    def targets(self) -> list[int]:
-        return self._labels.tolist()
 
     def source(self, index: int) -> str:
         return self.name(index)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from data.base import ImageDataset
+from data.base import LabeledImageDataset
 from data.errors import CorruptImageError, DataError
 from data.folder import check_root
 
@@ -59,7 +59,7 @@ def _map_num_classes(path: str) -> int:
     return max(read_map(path)[1]) + 1
 
 
-class ZipMapDataset(ImageDataset):
+class ZipMapDataset(LabeledImageDataset):
     """One split of the zipped layout, decoded with `decode_rgb`."""
 
     def __init__(self, root: str, split: str, transform: Callable | None = None, on_corrupt: str = "error",
@@ -165,18 +165,8 @@ class ZipMapDataset(ImageDataset):
     def cached(self, index: int) -> bool:
         return bool(self._cache_pos[index] >= 0)
 
-    def __len__(self) -> int:
-        return len(self._labels)
-
     def name(self, index: int) -> str:
         return f"{self.zip_path}@/{self._names[index].decode()}"
-
-    def target(self, index: int) -> int:
-        return int(self._labels[index])
-
-    @property
-    def targets(self) -> list[int]:
-        return self._labels.tolist()
 
     def source(self, index: int) -> bytes:
         p = int(self._cache_pos[index])
