@@ -70,7 +70,7 @@ def build_transform(is_train: bool, cfg) -> Callable:
         if not resize_im:  # small images (CIFAR-like): padded random crop instead of RandomResizedCrop
             # pad_if_needed: a no-op for images of at least IMG_SIZE (the official case), no crash below it
             pad = cfg.AUG.SMALL_CROP_PADDING
-            t.transforms[0] = transforms.RandomCrop(size, padding=pad, pad_if_needed=True)
+            t.transforms[0] = transforms.RandomCrop(size, padding=pad or None, pad_if_needed=True)  # 0: no copy
         return t
 
     # The official eval resize maps 'random' (a training-only choice) to bilinear.

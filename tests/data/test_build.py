@@ -1,4 +1,7 @@
 """build_loaders: the contract the engine relies on."""
+import random
+
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +70,26 @@ def test_augmentations_independent_of_workers_and_resume(folder):
     assert not torch.equal(run[0][0][0], run[1][0][0])  # epochs differ
     c = data.build_loaders(make_cfg(SEED=1, **base), 0, 1, CPU)
     assert not torch.equal(_epoch_batches(c, 1)[0][0], run[1][0][0])  # seeds differ
+
+
+def test_batched_fetch_equals_single_fetch_and_keeps_main_rngs(folder):
+    """__getitems__ (the DataLoader's batched fetch) == one __getitem__ per item, and the main process's
+    python/numpy/torch RNG states come back untouched (they are saved once per batch, not per image)."""
+    ds = data.build_loaders(make_cfg(DATA__DATA_PATH=folder), 0, 1, CPU).train_set
+    items = [(i, 1000 + 7 * i) for i in range(len(ds))]
+    before = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    batch = ds.__getitems__(items)
+    assert random.getstate() == before[0] and np.array_equal(np.random.get_state()[1], before[1])
+    assert torch.equal(torch.get_rng_state(), before[2])
+    assert len(batch) == len(items)
+    for item, (x, y) in zip(items, batch):
+        x1, y1 = ds[item]
+        assert torch.equal(x, x1) and y == y1
+    assert not torch.equal(batch[0][0], ds[(0, 1)][0])  # the seed decides the augmentation
+    # plain indices are not seeded: they draw from (and advance) the ambient RNGs, as __getitem__ does
+    torch.manual_seed(5)
+    plain = ds.__getitems__([0, 0])
+    assert not torch.equal(torch.get_rng_state(), before[2]) and not torch.equal(plain[0][0], plain[1][0])
 
 
 def test_synthetic_is_deterministic_and_learnable_shape():
