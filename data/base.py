@@ -148,7 +148,7 @@ class ImageDataset(Dataset):
             if src is not None:
                 return self.fast(src, self.name(index))
         img = self.load(index)
-        return self.transform(img) if self.transform is not None else img
+        return self.fast.from_image(img) if self.fast is not None else img
 
     def _sample_or_skip(self, index: int) -> tuple[Any, int]:
         n = len(self)

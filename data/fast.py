@@ -87,6 +87,13 @@ class FastPipeline:
                 img = self._open_cropped(fp)
         except DECODE_ERRORS as e:
             raise CorruptImageError(f"Cannot decode image {name}: {type(e).__name__}: {e}") from e
+        return self._finish(img)
+
+    def from_image(self, img: Image.Image) -> Any:
+        """The transform of an already decoded RGB image (in-memory data sets); same result as `transform(img)`."""
+        return self._finish(self.crop(img) if self.crop is not None else img)
+
+    def _finish(self, img: Image.Image) -> Any:
         for t in self.middle:
             img = t(img)
         x = to_normalized_tensor(img, *self.norm) if self.norm is not None else img

@@ -73,3 +73,20 @@ def test_draft_keeps_the_crop_and_the_rng_stream(files):
         assert (a - b).abs().mean() < 0.05  # the same crop, decoded at a lower scale (normalized units)
     assert drafted >= 3
     assert [draft_factor(w, 300, 64, 64) for w in (100, 128, 256, 600)] == [1, 2, 4, 4]
+
+
+@pytest.mark.parametrize("size, pad", [(40, 4), (28, 0), (28, 2)])
+@pytest.mark.parametrize("is_train", [True, False])
+def test_from_image_same_bits_as_transform(files, is_train, size, pad):
+    """In-memory data sets (load() gives a PIL image) take the fused path too: the same bits and RNG draws."""
+    paths, _ = files
+    t = build_transform(is_train, make_cfg(DATA__IMG_SIZE=size, AUG__SMALL_CROP_PADDING=pad))
+    fast = FastPipeline(t)
+    for p in paths:
+        img = decode_rgb(p, p)
+        for seed in range(4):
+            with seeded_rngs(seed):
+                ref, after_ref = t(img), random.random()
+            with seeded_rngs(seed):
+                got, after_got = fast.from_image(img), random.random()
+            assert torch.equal(got, ref) and after_got == after_ref, (p, seed)
