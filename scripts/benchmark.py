@@ -174,6 +174,28 @@ def time_interleaved(steps: Dict[str, Callable[[], None]], device: torch.device,
     return out
 
 
+# CPU kernels that do the matrix products (linear layers, attention products, the patch-embedding convolution)
+MATRIX_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
+              "aten::convolution_backward", "mkldnn::_linear_pointwise")
+
+
+def matmul_ceiling(step: Callable[[], None], iters: int = 2) -> Dict[str, float]:
+    """Profile a CPU step: the share of its time spent in matrix kernels, and 1 / share, the most an
+    implementation doing the same matrix products at the same kernel speed could gain over it (every
+    other op -- norms, activations, softmax, copies, the optimizer -- taking no time at all)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matrix = sum(e.self_cpu_time_total for e in events if e.key in MATRIX_OPS)
+    share = matrix / total if total else float("nan")
+    return {"matmul_share": round(share, 4), "ceiling": round(1 / share, 3) if share else float("inf")}
+
+
 class SavedTensorCounter:
     """Bytes autograd saves for backward while active: every storage counted once, whatever the number of
     tensors viewing it; storages of `exclude` (parameters, buffers) left out."""
@@ -260,6 +282,8 @@ def run(args: argparse.Namespace) -> dict:
                                      for o in impls if o.startswith("ours") for b in ("timm", "torchvision")
                                      if b in timed}
         print(f"  {setting}: " + ", ".join(f"{k} {v['img_per_s']:.1f}" for k, v in timed.items()), flush=True)
+        if args.ceiling and device.type == "cpu" and "timm" in steps:
+            result.setdefault("matmul_ceiling", {})[setting] = {"impl": "timm", **matmul_ceiling(steps["timm"])}
         del steps
     if args.memory_model != "none":
         mem = activation_memory(arch_of(args.memory_model), args.memory_batch, device)
@@ -305,6 +329,9 @@ def format_table(result: dict) -> str:
     if result["device"] == "cpu" and load > result["threads"] + 0.5:
         lines.append(f"note: load average {load:.1f} > {result['threads']} threads: other processes competed for the "
                      f"cores; the implementations took turns, so the ratios hold better than the absolute img/s")
+    for setting, c in result.get("matmul_ceiling", {}).items():
+        lines.append(f"{setting}: {c['impl']} spends {100 * c['matmul_share']:.0f}% of its step in matrix kernels: "
+                     f"same matrix products at the same kernel speed can be at most {c['ceiling']:.2f}x faster")
     mem = result.get("activation_memory")
     if mem:
         b = mem["bytes_per_image"]
@@ -329,6 +356,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--memory-model", default="swin_base_patch4_window7_224",
                    help="model whose activation memory is measured with and without checkpointing; none: skip")
     p.add_argument("--memory-batch", type=int, default=2, help="batch of the activation-memory measurement")
+    p.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                   help="on CPU, profile timm's step: the share of matrix kernels and the speedup ceiling it implies")
     p.add_argument("--save", action="store_true", help="write the JSON to benchmarks/<device>-<model>.json")
     p.add_argument("--json", metavar="PATH", help="write the JSON here")
     args = p.parse_args(argv)

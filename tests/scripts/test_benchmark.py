@@ -24,6 +24,9 @@ def test_benchmark_writes_every_setting_and_ratio(tmp_path):
         for base in ("timm", "torchvision"):
             assert r["ratios"][setting][f"ours/{base}"] == pytest.approx(
                 timed["ours"]["img_per_s"] / timed[base]["img_per_s"])
+    assert set(r["matmul_ceiling"]) == set(benchmark.SETTINGS)
+    for c in r["matmul_ceiling"].values():
+        assert c["impl"] == "timm" and 0 < c["matmul_share"] < 1 and c["ceiling"] == pytest.approx(1 / c["matmul_share"], rel=1e-2)
     mem = r["activation_memory"]["bytes_per_image"]
     assert 0 < mem["checkpoint"] < mem["no_checkpoint"]
     assert mem["reduction"] == pytest.approx(1 - mem["checkpoint"] / mem["no_checkpoint"])
@@ -63,3 +66,11 @@ def test_save_path_and_device_defaults():
     assert benchmark.arch_of("base") == benchmark.arch_of("swin_base_patch4_window7_224")
     with pytest.raises(SystemExit):
         benchmark.arch_of("resnet50")
+
+
+def test_matmul_ceiling_tells_matrix_products_from_other_work():
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    matmul_only = benchmark.matmul_ceiling(lambda: torch.mm(a, b))
+    elementwise_only = benchmark.matmul_ceiling(lambda: (a.exp() + b).tanh_())
+    assert matmul_only["matmul_share"] > 0.98 and matmul_only["ceiling"] < 1.02
+    assert elementwise_only["matmul_share"] == 0 and elementwise_only["ceiling"] == float("inf")
