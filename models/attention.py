@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
 from .window import relative_position_index
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,9 @@ class WindowAttention(nn.Module):
             self.register_buffer("relative_position_index", relative_position_index(self.window), persistent=False)
         else:
             self.relative_position_bias_table = None
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self._cache: Dict[tuple, torch.Tensor] = {}
 

@@ -11,10 +11,11 @@ from typing import Dict, Optional, Sequence, Set, Tuple
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from .attention import WindowAttention
+from .linear import Linear, Mlp
 from .window import shifted_window_mask, window_partition, window_reverse
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(4 * dim)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -91,7 +92,7 @@ class SwinTransformerBlock(nn.Module):
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self._masks: Dict[tuple, torch.Tensor] = {}
 
     def shift_mask(self, size: Tuple[int, int], shift: Tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -198,7 +199,7 @@ class SwinTransformer(nn.Module):
                 attn_impl=attn_impl,
             ))
         self.norm = nn.LayerNorm(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
         if ape:
             trunc_normal_(self.absolute_pos_embed, std=0.02)
@@ -225,7 +226,7 @@ class SwinTransformer(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a freshly initialised one with num_classes outputs (0: no head)."""
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

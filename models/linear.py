@@ -1,0 +1,153 @@
+"""nn.Linear and the transformer MLP with fp32 CPU matmuls routed through oneDNN.
+
+In float32 on CPU, F.linear runs on MKL's sgemm, which on some CPUs (AMD EPYC among them) reaches about half of
+what oneDNN's inner-product kernels reach for the same shapes. `Linear` calls oneDNN directly for the forward
+and both gradients when that is safe (see `onednn_eligible`) and falls back to F.linear otherwise, so autocast,
+other dtypes and devices, torch.compile and dispatch modes (FLOP counting, fake tensors) see the usual ops.
+Parameters, initialisation and state_dict keys are those of nn.Linear; results agree with it to rounding.
+`torch.backends.mkldnn.flags(enabled=False)` turns the oneDNN path off.
+"""
+import functools
+import logging
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN and its fused linear op (mkldnn::_linear_pointwise)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when a linear layer on x may run on oneDNN with the same result as F.linear.
+
+    That is: float32 input and weight on the CPU, no CPU autocast (it must see F.linear to cast it), not
+    inside torch.compile tracing or a torch dispatch mode (they only know the standard ops), oneDNN enabled.
+    """
+    return (
+        x.device.type == "cpu" and weight.device.type == "cpu"
+        and x.dtype == torch.float32 and weight.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
+        and not is_in_torch_dispatch_mode()
+        and torch.backends.mkldnn.enabled
+        and onednn_available()
+    )
+
+
+def _lp(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, attr: str = "none",
+        algorithm: str = "") -> torch.Tensor:
+    # x (M, K) @ weight (N, K)^T + bias, then the fused pointwise attr ("none" or "gelu" with algorithm
+    # "none" = exact erf GELU, "tanh" = the tanh approximation)
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """y = x @ W^T + b on 2-D contiguous float32 CPU tensors, with oneDNN for the forward and the gradients."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return _lp(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs: Tuple, output: torch.Tensor) -> None:
+        x, weight, _ = inputs
+        need_x, need_w = ctx.needs_input_grad[:2]
+        # keep only what the requested gradients need, as autograd does for F.linear
+        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad = grad.contiguous()  # a gradient may arrive as any view (expanded, transposed)
+        grad_x = grad_w = grad_b = None
+        if torch.is_grad_enabled():
+            # create_graph=True: the oneDNN op has no derivative, so build the graph from differentiable ops
+            if need_x:
+                grad_x = grad @ weight
+            if need_w:
+                grad_w = grad.t() @ x
+        else:
+            if need_x:
+                grad_x = _lp(grad, weight.t())  # (M, N) @ (N, K)
+            if need_w:
+                out_features, in_features = grad.shape[1], x.shape[1]
+                # the orientation with the larger output dimension in the M role is faster in oneDNN
+                if out_features >= in_features:
+                    grad_w = _lp(x.t(), grad.t()).t()  # (K, M) @ (M, N), transposed to (N, K)
+                else:
+                    grad_w = _lp(grad.t(), x.t())  # (N, M) @ (M, K)
+        if need_b:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """F.linear(x, weight, bias) through oneDNN for inputs of any leading shape; call only when eligible."""
+    x2 = x.reshape(-1, x.shape[-1])  # M, K
+    # oneDNN is given plain row-major operands only; the copies are autograd ops, so gradients stay exact
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    if not weight.is_contiguous():
+        weight = weight.contiguous()
+    needs_graph = torch.is_grad_enabled() and (
+        x2.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    y = _OneDNNLinear.apply(x2, weight, bias) if needs_graph else _lp(x2, weight, bias)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, init and state_dict) whose fp32 CPU forward and backward run on oneDNN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if onednn_eligible(x, self.weight):
+            return onednn_linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> dropout -> fc2 -> dropout, with timm Mlp's attribute and state_dict names.
+
+    When no gradient is needed and fc1 runs on oneDNN, fc1 and the (exact or tanh) GELU are one fused call.
+    """
+
+    def __init__(self, in_features: int, hidden_features: Optional[int] = None,
+                 out_features: Optional[int] = None, drop: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.fc1 = Linear(in_features, hidden_features, bias=bias)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = Linear(hidden_features, out_features, bias=bias)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._fused_fc1_act(x) if self._can_fuse(x) else self.act(self.fc1(x))
+        return self.drop2(self.fc2(self.drop1(x)))
+
+    def _can_fuse(self, x: torch.Tensor) -> bool:
+        w, b = self.fc1.weight, self.fc1.bias
+        # the fused op has no backward: only when autograd would record nothing for fc1 and the activation
+        no_graph = not torch.is_grad_enabled() or not (
+            x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)
+        )
+        # hooks on fc1 or act expect to see their own calls, which the fused op would skip
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (self.fc1, self.act))
+        return (no_graph and not hooked and type(self.fc1) is Linear and type(self.act) is nn.GELU
+                and self.act.approximate in ("none", "tanh") and onednn_eligible(x, w))
+
+    def _fused_fc1_act(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()  # M, C
+        w = self.fc1.weight.contiguous()
+        y = _lp(x2, w, self.fc1.bias, "gelu", self.act.approximate)
+        return y.view(*x.shape[:-1], w.shape[0])
