@@ -28,12 +28,13 @@ def onednn_available() -> bool:
 def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when a linear layer on x may run on oneDNN with the same result as F.linear.
 
-    That is: float32 input and weight on the CPU, no CPU autocast (it must see F.linear to cast it), not
+    That is: non-empty float32 input and weight on the CPU (oneDNN rejects empty operands), no CPU autocast (it must see F.linear to cast it), not
     inside torch.compile tracing or a torch dispatch mode (they only know the standard ops), oneDNN enabled.
     """
     return (
         x.device.type == "cpu" and weight.device.type == "cpu"
         and x.dtype == torch.float32 and weight.dtype == torch.float32
+        and x.numel() > 0 and weight.numel() > 0
         and not torch.compiler.is_compiling()
         and not torch.is_autocast_enabled("cpu")
         and not is_in_torch_dispatch_mode()

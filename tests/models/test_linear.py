@@ -124,6 +124,9 @@ def test_fallback_under_bf16_autocast_other_dtypes_and_dispatch_modes(onednn_cal
     with torch.backends.mkldnn.flags(enabled=False):
         ours(x)
     assert onednn_calls == []
+    empty = torch.randn(0, 3, 8, requires_grad=True)
+    ours(empty).sum().backward()
+    assert empty.grad.shape == empty.shape and torch.equal(ours.weight.grad, torch.zeros(12, 8))
     with FlopCounterMode(display=False) as counter:  # a dispatch mode sees the standard matmul
         ours(x)
     assert counter.get_total_flops() == 2 * 4 * 8 * 12 and onednn_calls == []
