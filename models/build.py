@@ -12,8 +12,8 @@ log = logging.getLogger(__name__)
 
 def resolve_attn_impl(attn_impl: str, device: Optional[torch.device] = None) -> str:
     """"auto" picks the fastest kernel for the device. Measured (Swin-T, batch 8 CPU / 128 H200, vs eager):
-    SDPA is faster for inference on CPU and CUDA and for CUDA training; CPU training runs the eager kernel
-    either way (WindowAttention switches when the bias table needs a gradient), so SDPA everywhere."""
+    SDPA is faster for CUDA training and inference and on par for fp32 CPU inference; on CPU, training and
+    bf16 run the eager kernel either way (WindowAttention switches), so SDPA everywhere."""
     if attn_impl != "auto":
         return attn_impl
     return "sdpa"

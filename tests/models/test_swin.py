@@ -69,6 +69,27 @@ def test_sdpa_equals_eager():
     torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-5)
 
 
+def test_cpu_sdpa_setting_runs_sdpa_in_fp32_and_eager_in_bf16(monkeypatch):
+    """On CPU the "sdpa" setting calls SDPA for fp32 inference only; under bf16 autocast the eager products
+    are faster for small windows, and give the same logits as the eager setting."""
+    torch.manual_seed(0)
+    model = perturb(SwinTransformer(**tiny_kwargs(img_size=64), attn_impl="sdpa")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        model(x)
+        assert calls, "fp32 CPU inference should use SDPA"
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_sdpa_setting = model(x)
+            model.set_attn_impl("eager")
+            bf16_eager = model(x)
+    assert not calls and torch.equal(bf16_sdpa_setting, bf16_eager)
+
+
 def test_sdpa_and_eager_gradients_agree_in_training():
     torch.manual_seed(0)
     model = perturb(SwinTransformer(**tiny_kwargs()))
