@@ -91,18 +91,29 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """F.linear(x, weight, bias) through oneDNN for inputs of any leading shape; call only when eligible."""
-    x2 = x.reshape(-1, x.shape[-1])  # M, K
-    # oneDNN is given plain row-major operands only; the copies are autograd ops, so gradients stay exact
-    if not x2.is_contiguous():
-        x2 = x2.contiguous()
-    if not weight.is_contiguous():
-        weight = weight.contiguous()
-    needs_graph = torch.is_grad_enabled() and (
-        x2.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+def _records_graph(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether autograd would record a linear layer on these operands."""
+    return torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
-    y = _OneDNNLinear.apply(x2, weight, bias) if needs_graph else _lp(x2, weight, bias)
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], attr: str = "none",
+                  algorithm: str = "") -> torch.Tensor:
+    """F.linear(x, weight, bias) through oneDNN for inputs of any leading shape; call only when eligible.
+
+    A pointwise `attr` other than "none" (e.g. "gelu", see `_lp`) is fused into the call; it has no backward,
+    so it is for operands autograd does not record.
+    """
+    # oneDNN is given plain row-major operands only; the copies are autograd ops, so gradients stay exact
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()  # M, K
+    weight = weight.contiguous()
+    if _records_graph(x2, weight, bias):
+        if attr != "none":
+            raise RuntimeError(f"the fused oneDNN linear + {attr} has no backward; call it without autograd")
+        y = _OneDNNLinear.apply(x2, weight, bias)
+    else:
+        y = _lp(x2, weight, bias, attr, algorithm)
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -133,22 +144,16 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._fused_fc1_act(x) if self._can_fuse(x) else self.act(self.fc1(x))
+        if self._can_fuse(x):
+            x = onednn_linear(x, self.fc1.weight, self.fc1.bias, "gelu", self.act.approximate)
+        else:
+            x = self.act(self.fc1(x))
         return self.drop2(self.fc2(self.drop1(x)))
 
     def _can_fuse(self, x: torch.Tensor) -> bool:
-        w, b = self.fc1.weight, self.fc1.bias
-        # the fused op has no backward: only when autograd would record nothing for fc1 and the activation
-        no_graph = not torch.is_grad_enabled() or not (
-            x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)
-        )
+        # the fused op has no backward: only when autograd would record nothing for fc1 and the activation;
         # hooks on fc1 or act expect to see their own calls, which the fused op would skip
         hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (self.fc1, self.act))
-        return (no_graph and not hooked and type(self.fc1) is Linear and type(self.act) is nn.GELU
-                and self.act.approximate in ("none", "tanh") and onednn_eligible(x, w))
-
-    def _fused_fc1_act(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()  # M, C
-        w = self.fc1.weight.contiguous()
-        y = _lp(x2, w, self.fc1.bias, "gelu", self.act.approximate)
-        return y.view(*x.shape[:-1], w.shape[0])
+        return (not _records_graph(x, self.fc1.weight, self.fc1.bias) and not hooked and type(self.fc1) is Linear
+                and type(self.act) is nn.GELU and self.act.approximate in ("none", "tanh")
+                and onednn_eligible(x, self.fc1.weight))
