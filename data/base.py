@@ -169,11 +169,14 @@ class ImageDataset(Dataset):
             "check the data set with scripts/check_data.py."
         )
 
+    def _labeled(self, index: int) -> tuple[Any, int]:
+        x, used = self._sample_or_skip(index)
+        return x, self.target(used)
+
     def __getitem__(self, item: Any) -> tuple[Any, int]:
         index, seed = split_item(item)
         with seeded_rngs(seed):  # covers the crop drawn before decoding, too
-            x, used = self._sample_or_skip(index)
-        return x, self.target(used)
+            return self._labeled(index)
 
     def __getitems__(self, items: list) -> list[tuple[Any, int]]:
         """A whole batch (the DataLoader's batched fetch), equal to [self[i] for i in items]; the RNG states
@@ -185,8 +188,7 @@ class ImageDataset(Dataset):
         with preserved_rngs():
             for index, seed in pairs:
                 seed_rngs(seed)
-                x, used = self._sample_or_skip(index)
-                out.append((x, self.target(used)))
+                out.append(self._labeled(index))
         return out
 
 
