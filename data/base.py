@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from data.errors import CorruptImageError, DataError
-from data.fast import FastPipeline
+from data.fast import FastOptions, FastPipeline
 from data.images import decode_rgb
 
 log = logging.getLogger(__name__)
@@ -101,16 +101,16 @@ class ImageDataset(Dataset):
     (the encoded file: a path or bytes) or `load(index)` (an RGB PIL image, for in-memory data).
 
     With a transform, encoded images go through `FastPipeline` (data/fast.py): the same results as
-    decode + transform, cheaper; `draft=True` (training) also lets large JPEGs decode at reduced scale.
+    decode + transform, cheaper; `fast` (training) allows its approximate speed-ups (`FastOptions`).
     """
 
-    def __init__(self, transform: Callable | None, on_corrupt: str = "error", draft: bool = False) -> None:
+    def __init__(self, transform: Callable | None, on_corrupt: str = "error", fast: FastOptions = FastOptions()) -> None:
         if on_corrupt not in ("error", "skip"):
             raise DataError(f"DATA.ON_CORRUPT is {on_corrupt!r}; choose error or skip.")
         self.transform = transform
         self.on_corrupt = on_corrupt
         self._corrupt = CorruptCounter()
-        self.fast = FastPipeline(transform, allow_draft=draft) if transform is not None else None
+        self.fast = FastPipeline(transform, fast) if transform is not None else None
 
     # -- to implement -------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.errors import DataError, NumClassesMismatchError
 from data.fashion_mnist import FashionMNIST
+from data.fast import FastOptions
 from data.folder import FolderDataset
 from data.imagenet22k import IN22KDataset
 from data.mixup import build_mixup
@@ -76,17 +77,17 @@ def _build_dataset(is_train: bool, cfg, rank: int, world_size: int) -> tuple[Dat
         return SyntheticDataset(size, n, cfg.DATA.IMG_SIZE, split=0 if is_train else 1), n
     transform = build_transform(is_train, cfg)
     on_corrupt = cfg.DATA.ON_CORRUPT
-    # Reduced-scale JPEG decoding for large training crops (data/fast.py); never for evaluation.
-    draft = is_train and bool(cfg.DATA.get("DRAFT_DECODE", True))
+    # Approximate decoding and resizing of training crops (data/fast.py); never for evaluation.
+    fast = FastOptions(draft=is_train and cfg.DATA.DRAFT_DECODE, resize=is_train and cfg.DATA.FAST_RESIZE)
     if name == "imagenet":
         if cfg.DATA.ZIP_MODE:
             ds = ZipMapDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt,
-                               cache_mode=cfg.DATA.CACHE_MODE, rank=rank, world_size=world_size, draft=draft)
+                               cache_mode=cfg.DATA.CACHE_MODE, rank=rank, world_size=world_size, fast=fast)
             return ds, ds.num_classes
-        ds = FolderDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt, draft)
+        ds = FolderDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt, fast)
         return ds, ds.num_classes
     if name == "imagenet22K":
-        ds = IN22KDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt, draft)
+        ds = IN22KDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt, fast)
         return ds, ds.num_classes
     if name == "fashion_mnist":
         ds = FashionMNIST(cfg.DATA.DATA_PATH, is_train, transform, on_corrupt)

@@ -13,6 +13,7 @@ import numpy as np
 
 from data.base import LabeledImageDataset
 from data.errors import DataError
+from data.fast import FastOptions
 from data.images import is_image_file
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,8 @@ class FolderDataset(LabeledImageDataset):
     """One split of the folder layout, decoded with `decode_rgb` (every image becomes 3-channel RGB)."""
 
     def __init__(self, root: str, split: str, transform: Callable | None = None, on_corrupt: str = "error",
-                 draft: bool = False) -> None:
-        super().__init__(transform, on_corrupt, draft)
+                 fast: FastOptions = FastOptions()) -> None:
+        super().__init__(transform, on_corrupt, fast)
         check_root(root, FOLDER_LAYOUT)
         self.split_dir = os.path.join(root, split)
         if not os.path.isdir(self.split_dir):

@@ -15,6 +15,7 @@ import numpy as np
 
 from data.base import LabeledImageDataset
 from data.errors import DataError
+from data.fast import FastOptions
 from data.folder import check_root
 from data.zipped import read_map
 
@@ -47,8 +48,8 @@ class IN22KDataset(LabeledImageDataset):
     num_classes = IN22K_CLASSES
 
     def __init__(self, root: str, split: str, transform: Callable | None = None, on_corrupt: str = "error",
-                 draft: bool = False) -> None:
-        super().__init__(transform, on_corrupt, draft)
+                 fast: FastOptions = FastOptions()) -> None:
+        super().__init__(transform, on_corrupt, fast)
         check_root(root, IN22K_LAYOUT)
         self.root = root
         map_path = os.path.join(root, IN22K_MAPS[split])

@@ -24,6 +24,7 @@ import numpy as np
 
 from data.base import LabeledImageDataset
 from data.errors import CorruptImageError, DataError
+from data.fast import FastOptions
 from data.folder import check_root
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,8 @@ class ZipMapDataset(LabeledImageDataset):
     """One split of the zipped layout, decoded with `decode_rgb`."""
 
     def __init__(self, root: str, split: str, transform: Callable | None = None, on_corrupt: str = "error",
-                 cache_mode: str = "no", rank: int = 0, world_size: int = 1, draft: bool = False) -> None:
-        super().__init__(transform, on_corrupt, draft)
+                 cache_mode: str = "no", rank: int = 0, world_size: int = 1, fast: FastOptions = FastOptions()) -> None:
+        super().__init__(transform, on_corrupt, fast)
         check_root(root, ZIP_LAYOUT)
         self.zip_path = os.path.join(root, f"{split}.zip")
         map_path = os.path.join(root, f"{split}_map.txt")

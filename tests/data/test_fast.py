@@ -4,10 +4,12 @@ import random
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as F
+from torchvision import transforms as T
 from PIL import Image
 
 from data.base import seeded_rngs
-from data.fast import FastPipeline, draft_factor, to_normalized_tensor
+from data.fast import FastOptions, FastPipeline, draft_factor, resized_crop_uint8, to_normalized_tensor
 from data.images import decode_rgb
 from data.transforms import build_transform
 from tests.data.conftest import make_cfg
@@ -43,7 +45,7 @@ def test_fused_tensor_conversion_is_bitwise():
 def test_same_bits_as_decode_then_transform(files, is_train):
     paths, _ = files
     t = build_transform(is_train, make_cfg(DATA__IMG_SIZE=40))
-    fast = FastPipeline(t, allow_draft=False)
+    fast = FastPipeline(t)
     for p in paths:
         for seed in range(6):
             with seeded_rngs(seed):
@@ -59,7 +61,7 @@ def test_draft_keeps_the_crop_and_the_rng_stream(files):
     _, big = files
     t = build_transform(True, make_cfg(DATA__IMG_SIZE=64, AUG__AUTO_AUGMENT="none", AUG__REPROB=0.0,
                                        AUG__COLOR_JITTER=0.0))
-    exact, fast = FastPipeline(t, allow_draft=False), FastPipeline(t, allow_draft=True)
+    exact, fast = FastPipeline(t), FastPipeline(t, FastOptions(draft=True))
     drafted = 0
     for seed in range(12):
         with seeded_rngs(seed):
@@ -90,3 +92,46 @@ def test_from_image_same_bits_as_transform(files, is_train, size, pad):
             with seeded_rngs(seed):
                 got, after_got = fast.from_image(img), random.random()
             assert torch.equal(got, ref) and after_got == after_ref, (p, seed)
+
+
+@pytest.mark.parametrize("interp", [T.InterpolationMode.BILINEAR, T.InterpolationMode.BICUBIC])
+def test_uint8_resize_matches_pil_up_to_rounding(interp):
+    """torch's uint8 antialiased kernels use PIL's filters: downscaled and upscaled crops (any aspect) differ
+    from PIL's crop + resize by integer rounding only."""
+    rng = np.random.default_rng(5)
+    coarse = Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)).resize((300, 220), Image.BICUBIC)
+    noisy = np.clip(np.asarray(coarse).astype(int) + rng.integers(-30, 31, (220, 300, 3)), 0, 255)
+    img = Image.fromarray(noisy.astype(np.uint8))
+    for _ in range(40):
+        h, w = int(rng.integers(6, 221)), int(rng.integers(6, 301))
+        i, j = int(rng.integers(0, 221 - h)), int(rng.integers(0, 301 - w))
+        size = (int(rng.integers(20, 130)), int(rng.integers(20, 130)))
+        ref = np.asarray(F.resized_crop(img, i, j, h, w, list(size), interp)).astype(int)
+        got = np.asarray(resized_crop_uint8(img, i, j, h, w, size, interp)).astype(int)
+        diff = np.abs(got - ref)
+        assert got.shape == ref.shape == (size[0], size[1], 3)
+        bound = 1 if interp == T.InterpolationMode.BILINEAR else 5  # bicubic overshoot, rounded then clamped
+        assert diff.max() <= bound and diff.mean() < 0.35, (h, w, size, diff.max(), diff.mean())
+
+
+def test_uint8_resize_keeps_the_crop_and_the_rng_stream(files):
+    """FastOptions(resize=True) makes the same draws and crops; 'random' interpolation and RandAugment too."""
+    paths, _ = files
+    t = build_transform(True, make_cfg(DATA__IMG_SIZE=40, DATA__INTERPOLATION="random"))
+    exact, fast = FastPipeline(t), FastPipeline(t, FastOptions(resize=True))
+    for p in paths:
+        for seed in range(6):
+            with seeded_rngs(seed):
+                a, ra = exact(p, p), random.random()
+            with seeded_rngs(seed):
+                b, rb = fast(p, p), random.random()
+            assert ra == rb and a.shape == b.shape == (3, 40, 40), (p, seed)
+            # a few levels of 255 on a few pixels (normalized units: / 255 / std ~ 0.017 per level);
+            # RandAugment can amplify a level (contrast, equalize), never move the image
+            assert (a - b).abs().mean() < 0.05, (p, seed)
+    t = build_transform(True, make_cfg(DATA__IMG_SIZE=40, DATA__INTERPOLATION="nearest"))
+    with seeded_rngs(0):
+        a = FastPipeline(t)(paths[0], "x")
+    with seeded_rngs(0):
+        b = FastPipeline(t, FastOptions(resize=True))(paths[0], "x")
+    assert torch.equal(a, b)  # no uint8 kernel for nearest: PIL's, bitwise
