@@ -27,6 +27,7 @@ _C.DATA.PERSISTENT_WORKERS = True  # (new) keep workers alive between epochs
 _C.DATA.PREFETCH_FACTOR = 2  # (new) batches prefetched per worker
 _C.DATA.DRAFT_DECODE = True  # (new) decode large JPEGs at reduced scale when the training crop allows it
 _C.DATA.FAST_RESIZE = True  # (new) resize training crops with torch's uint8 antialiased kernels (PIL's filters)
+_C.DATA.NORMALIZE_ON_DEVICE = True  # (new) loaders yield uint8 images; normalize + random erasing on the device
 _C.DATA.ON_CORRUPT = "error"  # (new) unreadable image: error (stop, naming the file) | skip (log, replace, count)
 _C.DATA.SYNTHETIC_TRAIN_SIZE = 1281  # (new) images in the synthetic training split
 _C.DATA.SYNTHETIC_VAL_SIZE = 50  # (new) images in the synthetic validation split

@@ -131,6 +131,10 @@ class ImageDataset(Dataset):
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------------------
+    def device_part(self) -> Callable | None:
+        """What the engine applies to each batch once it is on the device (FastOptions.uint8), or None."""
+        return self.fast.device_part() if self.fast is not None else None
+
     @property
     def targets(self) -> list[int]:
         return [self.target(i) for i in range(len(self))]

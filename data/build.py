@@ -4,7 +4,12 @@ Engine contract:
 - before every training epoch call `loaders.train_sampler.set_epoch(epoch)` (mid-epoch resume:
   `set_epoch(epoch, start_index=k)` skips this rank's first k samples; `len(train_loader)` then counts the
   remaining batches, `train_sampler.num_samples // BATCH_SIZE` is the full epoch). Sample order and every
-  augmentation are then a pure function of (SEED, epoch, rank, position) -- see data/samplers.py.
+  augmentation done in the loaders are then a pure function of (SEED, epoch, rank, position) -- see
+  data/samplers.py.
+- move each image batch to the device, then apply `loaders.train_prepare` / `loaders.val_prepare` when set:
+  with DATA.NORMALIZE_ON_DEVICE the loaders yield uint8 N x H x W x 3 images and these turn them into the
+  normalized float N x 3 x H x W input (data/fast.py); in training this also does random erasing, which, like
+  mixup, draws from the training process's RNGs (seed them per epoch and keep them in checkpoints).
 - after every epoch read `corrupt_count(loaders.train_set)` (images skipped with DATA.ON_CORRUPT skip,
   counted in all worker processes of this rank since the last `reset_corrupt_count`), sum it over ranks.
 """
@@ -44,6 +49,8 @@ class Loaders:
     train_sampler: Sampler | None  # has set_epoch(epoch, start_index=0)
     mixup_fn: Callable | None  # timm Mixup or None; applied on the device: x, y = mixup_fn(x, y)
     num_classes: int
+    train_prepare: Callable | None = None  # images = train_prepare(images) on the device, before mixup
+    val_prepare: Callable | None = None  # images = val_prepare(images) on the device
 
 
 def corrupt_count(dataset: Dataset) -> int:
@@ -78,7 +85,8 @@ def _build_dataset(is_train: bool, cfg, rank: int, world_size: int) -> tuple[Dat
     transform = build_transform(is_train, cfg)
     on_corrupt = cfg.DATA.ON_CORRUPT
     # Approximate decoding and resizing of training crops (data/fast.py); never for evaluation.
-    fast = FastOptions(draft=is_train and cfg.DATA.DRAFT_DECODE, resize=is_train and cfg.DATA.FAST_RESIZE)
+    fast = FastOptions(draft=is_train and cfg.DATA.DRAFT_DECODE, resize=is_train and cfg.DATA.FAST_RESIZE,
+                       uint8=cfg.DATA.NORMALIZE_ON_DEVICE)
     if name == "imagenet":
         if cfg.DATA.ZIP_MODE:
             ds = ZipMapDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt,
@@ -90,9 +98,14 @@ def _build_dataset(is_train: bool, cfg, rank: int, world_size: int) -> tuple[Dat
         ds = IN22KDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt, fast)
         return ds, ds.num_classes
     if name == "fashion_mnist":
-        ds = FashionMNIST(cfg.DATA.DATA_PATH, is_train, transform, on_corrupt)
+        ds = FashionMNIST(cfg.DATA.DATA_PATH, is_train, transform, on_corrupt, fast)
         return ds, ds.num_classes
     raise DataError(f"DATA.DATASET {name!r} is unknown; choose imagenet, imagenet22K, fashion_mnist or synthetic.")
+
+
+def _device_part(dataset: Dataset | None) -> Callable | None:
+    fn = getattr(dataset, "device_part", None)
+    return fn() if fn is not None else None
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -163,4 +176,5 @@ def build_loaders(cfg, rank: int, world_size: int, device: torch.device, eval_on
     val_loader = _loader(cfg, val_set, val_sampler, device, False, rank)
     log.info("Data %s: %s train / %d val images, %d classes, rank %d of %d", cfg.DATA.DATASET,
              "-" if train_set is None else len(train_set), len(val_set), val_classes, rank, world_size)
-    return Loaders(train_set, val_set, train_loader, val_loader, train_sampler, mixup_fn, val_classes)
+    return Loaders(train_set, val_set, train_loader, val_loader, train_sampler, mixup_fn, val_classes,
+                   _device_part(train_set), _device_part(val_set))

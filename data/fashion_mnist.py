@@ -15,6 +15,7 @@ from PIL import Image
 
 from data.base import LabeledImageDataset
 from data.errors import DataError
+from data.fast import FastOptions
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -55,8 +56,9 @@ class FashionMNIST(LabeledImageDataset):
     num_classes = len(CLASSES)
     classes = list(CLASSES)
 
-    def __init__(self, root: str, train: bool, transform: Callable | None = None, on_corrupt: str = "error") -> None:
-        super().__init__(transform, on_corrupt)
+    def __init__(self, root: str, train: bool, transform: Callable | None = None, on_corrupt: str = "error",
+                 fast: FastOptions = FastOptions()) -> None:
+        super().__init__(transform, on_corrupt, fast)
         root = root or DEFAULT_ROOT
         if not os.path.isdir(root):
             kind = "is a file, not a folder" if os.path.exists(root) else "does not exist"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -57,9 +57,11 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable, device: torch.device, amp: AmpPolicy, print_freq: int = 0
+    model: nn.Module, loader: Iterable, device: torch.device, amp: AmpPolicy, print_freq: int = 0,
+    prepare: Callable | None = None,
 ) -> EvalResult:
-    """Loss, top-1 and top-5 counts of `model` over `loader` on every rank, summed across ranks."""
+    """Loss, top-1 and top-5 counts of `model` over `loader` on every rank, summed across ranks. `prepare`
+    (Loaders.val_prepare) turns each image batch into the model's input once it is on the device."""
     was_training = model.training
     model.eval()
     # float64 sums: exact integer counts up to 2**53 images, and a loss sum that does not drift.
@@ -68,6 +70,8 @@ def evaluate(
     for idx, (images, targets) in enumerate(loader):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        if prepare is not None:
+            images = prepare(images)
         with amp.autocast():
             logits = model(images)
         logits = logits.float()

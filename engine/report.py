@@ -61,10 +61,22 @@ def _field(result: Any, name: str) -> Any:
     return result[name] if isinstance(result, Mapping) else getattr(result, name)
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model from /proc/cpuinfo with its core count and matrix-relevant ISA flags."""
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or device.type
+    name, flags = platform.processor() or platform.machine() or device.type, set()
+    try:
+        info: dict[str, str] = {}
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())  # the first core's lines are enough
+        name, flags = info["model name"], set(info.get("flags", "").split())
+    except (OSError, KeyError):
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({os.cpu_count()} cores{', ' if isa else ''}{' '.join(isa)})"
 
 
 def build_eval_record(
@@ -107,7 +119,7 @@ def build_eval_record(
         "dataset": cfg.DATA.DATASET,
         "data_path": cfg.DATA.DATA_PATH,
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
     }

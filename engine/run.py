@@ -99,7 +99,7 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
     log.info("model %s/%s: %s parameters", cfg.MODEL.TYPE, cfg.MODEL.NAME,
              f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
     if cfg.THROUGHPUT_MODE:
-        result = measure_throughput(model, loaders.val_loader, info.device, amp)
+        result = measure_throughput(model, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare)
         with MetricsWriter(run_dir, info.is_main, tensorboard=False) as metrics:
             metrics.write({"kind": "throughput", "step": 0, **result.__dict__})
         return 0
@@ -140,7 +140,7 @@ def _evaluate_only(cfg: CfgNode, info: DistInfo, derived: Derived, model, loader
         load_weights(model, source, mode="exact")  # logs what it loaded
     else:
         raise ConfigError("EVAL_MODE needs weights: pass --resume <checkpoint> or --pretrained <weights file>.")
-    result = evaluate(model, loaders.val_loader, info.device, amp)
+    result = evaluate(model, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare)
     _log_eval("eval", result, len(loaders.val_set))
     if info.is_main:
         record = report.build_eval_record(cfg, model, result, source, used_ema, info.device,
@@ -191,7 +191,7 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
             optimizer=optimizer, schedule=schedule, criterion=build_criterion(cfg, loaders.mixup_fn is not None),
             amp=amp, device=info.device, ema_source=raw, accumulation_steps=cfg.TRAIN.ACCUMULATION_STEPS,
             clip_grad=cfg.TRAIN.CLIP_GRAD, scaler=scaler, ema=ema, mixup_fn=loaders.mixup_fn,
-            print_freq=cfg.PRINT_FREQ, max_bad_steps=cfg.TRAIN.MAX_BAD_STEPS, total_epochs=cfg.TRAIN.EPOCHS,
+            prepare=loaders.train_prepare, print_freq=cfg.PRINT_FREQ, max_bad_steps=cfg.TRAIN.MAX_BAD_STEPS, total_epochs=cfg.TRAIN.EPOCHS,
             world_size=info.world_size, metrics=metrics, stop=stop.agreed,
         )
         return _train_epochs(cfg, info, derived, model, raw, loaders, amp, ctx, state, progress, updates)
@@ -211,7 +211,8 @@ def _train_epochs(cfg: CfgNode, info: DistInfo, derived: Derived, model, raw, lo
     ema = ctx.ema
     if final is None:  # resumed after the last epoch: nothing left to train, evaluate what was restored
         use_ema = bool(cfg.TEST.USE_EMA and ema is not None)
-        final = (evaluate(ema.module if use_ema else raw, loaders.val_loader, info.device, amp), use_ema)
+        final = (evaluate(ema.module if use_ema else raw, loaders.val_loader, info.device, amp,
+                           prepare=loaders.val_prepare), use_ema)
     if info.is_main:
         result, used_ema = final
         record = report.build_eval_record(
@@ -236,7 +237,7 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
         _save(cfg, info, derived, raw, ctx, state, progress, updates)
         _log_stop(ctx, state, progress, stats.stop_signal)
         return None
-    result = evaluate(raw, loaders.val_loader, info.device, amp)
+    result = evaluate(raw, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare)
     _log_eval(f"epoch {epoch}", result, len(loaders.val_set))
     record = {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss,
               "val_loss": result.loss, "top1_acc": result.top1_acc, "top1_err": result.top1_err,
@@ -244,7 +245,7 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
               "epoch_s": stats.seconds}
     reported, used_ema = result, False
     if ctx.ema is not None:
-        ema_result = evaluate(ctx.ema.module, loaders.val_loader, info.device, amp)
+        ema_result = evaluate(ctx.ema.module, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare)
         _log_eval(f"epoch {epoch} EMA", ema_result, len(loaders.val_set))
         record.update({"ema_val_loss": ema_result.loss, "ema_top1_acc": ema_result.top1_acc,
                        "ema_top1_err": ema_result.top1_err, "ema_top5_acc": ema_result.top5_acc,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -27,10 +27,14 @@ class Throughput:
 
 @torch.no_grad()
 def measure_throughput(
-    model: nn.Module, loader: Iterable, device: torch.device, amp: AmpPolicy, warmup: int = 50, iterations: int = 30
+    model: nn.Module, loader: Iterable, device: torch.device, amp: AmpPolicy, warmup: int = 50, iterations: int = 30,
+    prepare: Callable | None = None,
 ) -> Throughput:
-    """Images per second of `model` on the first batch of `loader` (forward only, AMP as configured)."""
+    """Images per second of `model` on the first batch of `loader` (forward only, AMP as configured); `prepare`
+    (Loaders.val_prepare) turns the batch into the model's input on the device."""
     images = next(iter(loader))[0].to(device, non_blocking=True)
+    if prepare is not None:
+        images = prepare(images)
     model.eval()
     with amp.autocast():
         for _ in range(warmup):

@@ -63,6 +63,7 @@ class TrainContext:
     scaler: torch.amp.GradScaler | None = None
     ema: ModelEmaV3 | None = None
     mixup_fn: Callable | None = None
+    prepare: Callable | None = None  # images = prepare(images) on the device, before mixup (Loaders.train_prepare)
     print_freq: int = 10
     max_bad_steps: int = 20
     total_epochs: int = 1
@@ -195,6 +196,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, ctx: TrainContext, state
         last_micro = idx == group_start + group_size - 1
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        if ctx.prepare is not None:
+            images = ctx.prepare(images)
         if ctx.mixup_fn is not None:
             images, targets = ctx.mixup_fn(images, targets)
         images_since += images.shape[0]

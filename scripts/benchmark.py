@@ -30,6 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import models  # noqa: E402
+from engine.report import device_name  # noqa: E402
 from models.build import resolve_attn_impl  # noqa: E402
 
 SETTINGS = ("train_fp32", "train_bf16", "infer_fp32", "infer_bf16")
@@ -92,24 +93,6 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on CPU); benchmarks only."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model from /proc/cpuinfo with its core count and matrix-relevant ISA flags."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        info: Dict[str, str] = {}
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())  # the first core's lines are enough
-        name, flags = info["model name"], set(info.get("flags", "").split())
-    except (OSError, KeyError):
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({os.cpu_count()} cores{', ' if isa else ''}{' '.join(isa)})"
 
 
 def make_step(model: nn.Module, setting: str, arch: Arch, batch: int, device: torch.device) -> Callable[[], None]:

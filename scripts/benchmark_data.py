@@ -5,9 +5,12 @@
 Writes real-size 500x375 JPEGs (smooth random content, quality 90) into --dir, then decodes and augments
 each image with (a) this project's training data set + transform and (b) torchvision ImageFolder with
 timm's create_transform at the same official settings, one process and one thread (like one DataLoader
-worker), alternating the two so machine load hits both alike. Both draw their augmentations from the same
-per-sample seeds, so they do identical crops and RandAugment ops. Prints images/s, CPU ms per image and the
-ratio ours / baseline, and writes everything as JSON.
+worker), batch by batch (the DataLoader's batched fetch), alternating the two so machine load hits both
+alike. Both draw their augmentations from the same per-sample seeds, so they do identical crops and
+RandAugment ops. Prints images/s, CPU ms per image and the ratio ours / baseline, and writes everything as
+JSON. With DATA.NORMALIZE_ON_DEVICE (the default) ours hands uint8 images to the training device, which then
+normalizes and erases (data/fast.py, `DeviceNormalize`); that batch step's CPU cost per image is reported
+too, as it is what a CPU-only run pays for it in the training process.
 """
 from __future__ import annotations
 
@@ -28,9 +31,10 @@ from timm.data import create_transform  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 
 from configs import get_config  # noqa: E402
-from data.base import seeded_rngs  # noqa: E402
+from data.base import preserved_rngs, seed_rngs  # noqa: E402
 from data.build import build_dataset  # noqa: E402
 from data.samplers import sample_seeds  # noqa: E402
+from engine.report import device_name  # noqa: E402
 from data.transforms import fix_posterize  # noqa: E402
 
 
@@ -50,20 +54,25 @@ def write_images(root: str, n: int, classes: int = 4, size: tuple[int, int] = (5
 
 class _SeededBaseline:
     """The baseline data set drawing its augmentations from the same per-sample seeds as ours, so both
-    pipelines do identical crops and ops and the comparison measures only the pipeline itself."""
+    pipelines do identical crops and ops and the comparison measures only the pipeline itself; a batch saves
+    and restores the RNG states once, as ours does."""
 
     def __init__(self, ds: ImageFolder) -> None:
         self.ds = ds
 
-    def __getitem__(self, item: tuple[int, int]):
-        with seeded_rngs(item[1]):
-            return self.ds[item[0]]
+    def __getitems__(self, items: list[tuple[int, int]]) -> list:
+        out = []
+        with preserved_rngs():
+            for index, seed in items:
+                seed_rngs(seed)
+                out.append(self.ds[index])
+        return out
 
 
-def _time(fn, items) -> tuple[float, float]:
+def _time(fn, batches) -> tuple[float, float]:
     w0, c0 = time.perf_counter(), time.process_time()
-    for it in items:
-        fn(it)
+    for b in batches:
+        fn(b)
     return time.perf_counter() - w0, time.process_time() - c0
 
 
@@ -72,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default="", help="image folder (default: a temporary one)")
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed passes per pipeline")
+    parser.add_argument("--batch", type=int, default=32, help="images per batched fetch")
     parser.add_argument("--cfg", default="", help="config file (default: the defaults = Swin-T recipe)")
     parser.add_argument("--out", default="output/benchmark_data.json")
     args = parser.parse_args(argv)
@@ -92,14 +102,26 @@ def main(argv: list[str] | None = None) -> int:
         base = ImageFolder(os.path.join(root, "train"), transform=base_t)
         n = len(ours)
         items = list(zip(range(n), sample_seeds(cfg.SEED, 0, 0, n).tolist()))
+        batches = [items[k : k + args.batch] for k in range(0, n, args.batch)]
         base = _SeededBaseline(base)
-        ours[items[0]], base[items[0]]  # warm-up (imports, first-call caches)
+        ours.__getitems__(items[:2]), base.__getitems__(items[:2])  # warm-up (imports, first-call caches)
         runs: dict[str, list[tuple[float, float]]] = {"ours": [], "baseline": []}
         for _ in range(args.repeats):
-            runs["baseline"].append(_time(base.__getitem__, items))
-            runs["ours"].append(_time(ours.__getitem__, items))
-    result = {"images": n, "image_size": [500, 375], "repeats": args.repeats, "img_size": cfg.DATA.IMG_SIZE,
-              "python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()}
+            runs["baseline"].append(_time(base.__getitems__, batches))
+            runs["ours"].append(_time(ours.__getitems__, batches))
+        device_part = ours.device_part()
+        device_ms = None
+        if device_part is not None:  # what ours leaves to the training device, timed on this CPU
+            x = torch.stack([img for img, _ in ours.__getitems__(batches[0])])
+            device_part(x)
+            c0 = time.process_time()
+            for _ in range(args.repeats):
+                device_part(x)
+            device_ms = 1e3 * (time.process_time() - c0) / (args.repeats * len(x))
+    result = {"images": n, "image_size": [500, 375], "repeats": args.repeats, "batch": args.batch,
+              "img_size": cfg.DATA.IMG_SIZE, "python": platform.python_version(), "torch": torch.__version__,
+              "cpu": device_name(torch.device("cpu")), "normalize_on_device": device_part is not None,
+              "device_part_cpu_ms_per_image": device_ms}
     for name, r in runs.items():
         wall = min(w for w, _ in r)  # best pass: least disturbed by other load
         cpu = min(c for _, c in r)
@@ -108,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     result["speedup"] = result["ours"]["images_per_s"] / result["baseline"]["images_per_s"]
     result["cpu_cost_ratio"] = result["baseline"]["cpu_ms_per_image"] / result["ours"]["cpu_ms_per_image"]
     print(f"ratio ours/baseline: {result['speedup']:.2f}x images/s, {result['cpu_cost_ratio']:.2f}x lower CPU cost")
+    if device_ms is not None:
+        print(f"ours' batch step on the device (normalize + random erasing), here on the CPU: {device_ms:.3f} ms/image")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -22,6 +22,7 @@ def test_synthetic_loaders_contract():
     x, y = batches[0]
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert sum(len(y) for _, y in L.val_loader) == 7  # no drop, no padding
+    assert L.train_prepare is None and L.val_prepare is None  # synthetic batches are the model's input
     xm, ym = L.mixup_fn(x, y)
     assert ym.shape == (4, 3) and torch.allclose(ym.sum(1), torch.ones(4))
 
@@ -31,7 +32,8 @@ def test_folder_loaders_and_class_order(folder):
     assert L.train_set.classes == ["n01", "n02", "n03"] and L.num_classes == 3
     L.train_sampler.set_epoch(0)
     x, y = next(iter(L.train_loader))
-    assert x.shape == (4, 3, 32, 32)
+    assert x.shape == (4, 32, 32, 3) and x.dtype == torch.uint8  # DATA.NORMALIZE_ON_DEVICE
+    assert L.train_prepare(x).shape == (4, 3, 32, 32) and L.train_prepare(x).dtype == torch.float32
     labels = torch.cat([y for _, y in L.val_loader])
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
 
@@ -45,6 +47,42 @@ def test_num_classes_mismatch_names_both(folder):
 def test_eval_only_builds_no_training_side(folder):
     L = data.build_loaders(make_cfg(DATA__DATA_PATH=folder), 0, 1, CPU, eval_only=True)
     assert L.train_loader is None and L.train_set is None and L.mixup_fn is None and len(L.val_set) == 6
+
+
+def _first_batches(cfg, n=2):
+    L = data.build_loaders(cfg, 0, 1, CPU)
+    L.train_sampler.set_epoch(0)
+    train = [x for x, _ in list(L.train_loader)[:n]]
+    return L, train, torch.cat([x for x, _ in L.val_loader])
+
+
+@pytest.mark.parametrize("img_size", [32, 48])  # padded random crop; RandomResizedCrop (resize_im)
+def test_normalize_on_device_gives_the_same_bits(folder, img_size):
+    """uint8 batches + Loaders.*_prepare == the float batches of the plain pipeline, bitwise (no erasing)."""
+    base = dict(DATA__DATA_PATH=folder, DATA__IMG_SIZE=img_size, AUG__REPROB=0.0)
+    on, on_train, on_val = _first_batches(make_cfg(**base))
+    off, off_train, off_val = _first_batches(make_cfg(DATA__NORMALIZE_ON_DEVICE=False, **base))
+    assert off.train_prepare is None and off.val_prepare is None and off_val.dtype == torch.float32
+    assert on_val.dtype == torch.uint8 and on_val.shape == (6, img_size, img_size, 3)
+    assert torch.equal(on.val_prepare(on_val), off_val)
+    for a, b in zip(on_train, off_train):
+        assert torch.equal(on.train_prepare(a), b)
+
+
+def test_random_erasing_moves_to_the_device(folder):
+    """With AUG.REPROB 1 every image of the prepared batch has exactly one erased box of noise; the
+    rest is the un-erased image, bit for bit."""
+    base = dict(DATA__DATA_PATH=folder, DATA__IMG_SIZE=48)
+    plain = _first_batches(make_cfg(AUG__REPROB=0.0, **base))[1]
+    L, train, val = _first_batches(make_cfg(AUG__REPROB=1.0, **base))
+    assert torch.equal(L.val_prepare(val), _first_batches(make_cfg(AUG__REPROB=0.0, **base))[0].val_prepare(val))
+    for x, ref in zip(train, plain):
+        assert torch.equal(x, ref)  # the loader itself does not erase
+        changed = (L.train_prepare(x) != L.val_prepare(ref)).any(dim=1)  # N x H x W
+        for m in changed:
+            rows, cols = m.any(1).nonzero()[:, 0], m.any(0).nonzero()[:, 0]
+            assert len(rows) and m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+            assert m.sum() == len(rows) * len(cols)  # one filled rectangle
 
 
 def _epoch_batches(L, epoch, start_index=0):

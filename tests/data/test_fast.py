@@ -135,3 +135,21 @@ def test_uint8_resize_keeps_the_crop_and_the_rng_stream(files):
     with seeded_rngs(0):
         b = FastPipeline(t, FastOptions(resize=True))(paths[0], "x")
     assert torch.equal(a, b)  # no uint8 kernel for nearest: PIL's, bitwise
+
+
+def test_uint8_mode_and_device_normalize(files):
+    """uint8 mode returns PIL's H x W x 3 pixels and DeviceNormalize finishes the job with the same bits;
+    a transform it cannot split (no ToTensor + Normalize pair) keeps the full CPU pipeline."""
+    paths, _ = files
+    t = build_transform(False, make_cfg(DATA__IMG_SIZE=40))
+    fast = FastPipeline(t, FastOptions(uint8=True))
+    batch = torch.stack([fast(p, p) for p in paths])
+    assert batch.dtype == torch.uint8 and batch.shape == (len(paths), 40, 40, 3)
+    ref = torch.stack([t(decode_rgb(p, p)) for p in paths])
+    assert torch.equal(fast.device_part()(batch), ref)
+    assert FastPipeline(t).device_part() is None  # uint8 off: the output is final
+    plain = T.Compose([T.Resize(40), T.CenterCrop(40), T.ToTensor()])
+    kept = FastPipeline(plain, FastOptions(uint8=True))
+    assert kept.device_part() is None and kept(paths[0], "x").dtype == torch.float32
+    with pytest.raises(ValueError, match="uint8 N x H x W x 3"):
+        fast.device_part()(ref)

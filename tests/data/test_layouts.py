@@ -90,7 +90,7 @@ def test_imagenet22k_maps(tmp_path, as_json):
                    DATA__BATCH_SIZE=2)
     ds, n = build_dataset(True, cfg)
     assert isinstance(ds, IN22KDataset) and n == 21841 and ds.targets == [it[1] for it in items]
-    assert ds[3][0].shape == (3, 32, 32)
+    assert ds[3][0].shape == (32, 32, 3) and ds[3][0].dtype == torch.uint8  # normalized on the device
 
 
 def _write_idx(path, arr, gz):
@@ -111,7 +111,8 @@ def test_fashion_mnist_idx(tmp_path, gz):
     assert len(L.train_set) == 6 and len(L.val_set) == 4 and L.num_classes == 10
     assert np.array_equal(np.asarray(L.val_set.load(2))[..., 1], imgs["t10k"][2])
     x, y = next(iter(L.val_loader))
-    assert x.shape == (2, 3, 28, 28) and y.tolist() == [0, 1]
+    assert x.shape == (2, 28, 28, 3) and x.dtype == torch.uint8 and y.tolist() == [0, 1]
+    assert L.val_prepare(x).shape == (2, 3, 28, 28)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(3, dtype=np.uint8), gz)
     with pytest.raises(DataError, match="disagree"):
         FashionMNIST(str(tmp_path), False)

@@ -137,3 +137,27 @@ def test_ema_warmup_ramps_decay():
                     tiny_model())
     assert ema.get_decay(11) == pytest.approx(1 - 11 ** (-2 / 3))  # 1 - (1 + (step - 1)) ** -power
     assert ema.get_decay(10**9) == 0.9998
+
+
+def test_uint8_batches_are_prepared_on_the_device():
+    """train_one_epoch and evaluate apply `prepare` (DeviceNormalize) to uint8 N x H x W x 3 batches: the same
+    weights and evaluation as with the float batches the plain transform gives."""
+    from data.fast import DeviceNormalize
+    from engine.evaluate import evaluate
+    from tests.engine.engine_helpers import FP32_CPU
+
+    g = torch.Generator().manual_seed(3)
+    raw = [(torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=g),
+            torch.randint(10, (4,), generator=g)) for _ in range(3)]
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    prepare = DeviceNormalize(mean, std)
+    floats = [(((x.permute(0, 3, 1, 2).float() / 255) - mean) / std, y) for x, y in raw]
+    a, b = tiny_model(0), tiny_model(0)
+    ctx = sgd_context(a)
+    ctx.prepare = prepare
+    train_one_epoch(a, raw, ctx, TrainState())
+    _train(b, floats)
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
+    cpu = torch.device("cpu")
+    assert evaluate(a, raw, cpu, FP32_CPU, prepare=prepare) == evaluate(a, floats, cpu, FP32_CPU)
