@@ -1,9 +1,12 @@
-"""nn.Linear and the transformer MLP with fp32 CPU matmuls routed through oneDNN.
+"""nn.Linear and the transformer MLP with CPU matmuls routed through oneDNN.
 
 In float32 on CPU, F.linear runs on MKL's sgemm, which on some CPUs (AMD EPYC among them) reaches about half of
 what oneDNN's inner-product kernels reach for the same shapes. `Linear` calls oneDNN directly for the forward
-and both gradients when that is safe (see `onednn_eligible`) and falls back to F.linear otherwise, so autocast,
+and both gradients when that is safe (see `onednn_eligible`) and falls back to F.linear otherwise, so
 other dtypes and devices, torch.compile and dispatch modes (FLOP counting, fake tensors) see the usual ops.
+Under CPU bf16 autocast, inference (nothing for autograd to record, see `onednn_bf16_eligible`) also runs on
+oneDNN, with the operands cast to bf16 as autocast casts them and the bias (and GELU in `Mlp`) applied inside
+the matmul instead of as separate passes over the output; training under autocast keeps F.linear.
 Parameters, initialisation and state_dict keys are those of nn.Linear; results agree with it to rounding.
 `torch.backends.mkldnn.flags(enabled=False)` turns the oneDNN path off.
 """
@@ -41,6 +44,30 @@ def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and torch.backends.mkldnn.enabled
         and onednn_available()
     )
+
+
+def onednn_bf16_eligible(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """True when a linear layer on x runs under CPU bf16 autocast with nothing for autograd to record (inference):
+    oneDNN may then take the bf16 casts of x, weight and bias that autocast would give F.linear."""
+    return (
+        x.device.type == "cpu" and weight.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == torch.float32
+        and x.numel() > 0 and weight.numel() > 0
+        and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and not _records_graph(x, weight, bias)
+        and not torch.compiler.is_compiling()
+        and not is_in_torch_dispatch_mode()
+        and torch.backends.mkldnn.enabled
+        and onednn_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def _bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], attr: str = "none",
+                 algorithm: str = "") -> torch.Tensor:
+    """The oneDNN linear (+ fused pointwise op) on the bf16 casts of the operands; bf16 out, as under autocast."""
+    bf16 = torch.bfloat16
+    return onednn_linear(x.to(bf16), weight.to(bf16), None if bias is None else bias.to(bf16), attr, algorithm)
 
 
 def _lp(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, attr: str = "none",
@@ -123,13 +150,16 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if onednn_eligible(x, self.weight):
             return onednn_linear(x, self.weight, self.bias)
+        if onednn_bf16_eligible(x, self.weight, self.bias):
+            return _bf16_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
 class Mlp(nn.Module):
     """fc1 -> GELU -> dropout -> fc2 -> dropout, with timm Mlp's attribute and state_dict names.
 
-    When no gradient is needed and fc1 runs on oneDNN, fc1 and the (exact or tanh) GELU are one fused call.
+    When no gradient is needed and fc1 runs on oneDNN (fp32, or bf16 under CPU autocast), fc1 and the (exact or
+    tanh) GELU are one fused call.
     """
 
     def __init__(self, in_features: int, hidden_features: Optional[int] = None,
@@ -144,16 +174,22 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._can_fuse(x):
+        fuse = self._can_fuse(x)
+        if fuse == "fp32":
             x = onednn_linear(x, self.fc1.weight, self.fc1.bias, "gelu", self.act.approximate)
+        elif fuse == "bf16":
+            x = _bf16_linear(x, self.fc1.weight, self.fc1.bias, "gelu", self.act.approximate)
         else:
             x = self.act(self.fc1(x))
         return self.drop2(self.fc2(self.drop1(x)))
 
-    def _can_fuse(self, x: torch.Tensor) -> bool:
+    def _can_fuse(self, x: torch.Tensor) -> str:
+        """"fp32" or "bf16" (the oneDNN path fc1 may fuse GELU on), or "" (run fc1 and act as modules)."""
         # the fused op has no backward: only when autograd would record nothing for fc1 and the activation;
         # hooks on fc1 or act expect to see their own calls, which the fused op would skip
+        w, b = self.fc1.weight, self.fc1.bias
         hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (self.fc1, self.act))
-        return (not _records_graph(x, self.fc1.weight, self.fc1.bias) and not hooked and type(self.fc1) is Linear
-                and type(self.act) is nn.GELU and self.act.approximate in ("none", "tanh")
-                and onednn_eligible(x, self.fc1.weight))
+        if (_records_graph(x, w, b) or hooked or type(self.fc1) is not Linear or type(self.act) is not nn.GELU
+                or self.act.approximate not in ("none", "tanh")):
+            return ""
+        return "fp32" if onednn_eligible(x, w) else "bf16" if onednn_bf16_eligible(x, w, b) else ""

@@ -174,7 +174,7 @@ def test_mlp_training_is_unfused_and_matches_timm(onednn_calls):
         torch.testing.assert_close(gp[n], gp_ref[n], rtol=0, atol=1e-5, msg=n)
 
 
-def test_mlp_does_not_fuse_past_hooks_or_under_autocast(onednn_calls):
+def test_mlp_does_not_fuse_past_hooks_or_in_autocast_training(onednn_calls):
     ours, _ = _mlp_twins()
     seen = []
     handle = ours.act.register_forward_hook(lambda m, i, o: seen.append(o.shape))
@@ -183,9 +183,39 @@ def test_mlp_does_not_fuse_past_hooks_or_under_autocast(onednn_calls):
     assert seen == [(3, 64)] and ("gelu", "none") not in onednn_calls
     handle.remove()
     onednn_calls.clear()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # training under autocast: F.linear, as autocast casts it
         assert ours(torch.randn(3, 16)).dtype == torch.bfloat16
     assert onednn_calls == []
+
+
+BF16_TOL = dict(rtol=1.6e-2, atol=1e-2)  # a bf16 rounding or two of O(1) values
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # torch warns when the mkldnn flags are set
+def test_bf16_autocast_inference_runs_on_onednn(onednn_calls):
+    """Under CPU bf16 autocast without autograd, Linear and Mlp (fc1 + GELU fused) call oneDNN on bf16 operands
+    and give what F.linear under autocast gives, to bf16 rounding; with autograd recording they keep F.linear."""
+    ours, ref = _twins(24, 40)
+    x = torch.randn(3, 7, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            y = ours(x)
+        assert onednn_calls == [("none", "")]
+        assert torch.equal(ours(x), ref(x))  # recorded by autograd: the plain op, bitwise
+    assert onednn_calls == [("none", "")] and y.dtype == torch.bfloat16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(y, ref(x), **BF16_TOL)
+        with torch.backends.mkldnn.flags(enabled=False):
+            ours(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        ours(x)  # another autocast dtype: F.linear
+    assert len(onednn_calls) == 1
+    mlp, mlp_ref = _mlp_twins()
+    x = torch.randn(2, 9, 16) * 3
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, expected = mlp.eval()(x), mlp_ref.eval()(x)
+    assert onednn_calls[1:] == [("gelu", "none"), ("none", "")] and fused.dtype == torch.bfloat16
+    torch.testing.assert_close(fused, expected, **BF16_TOL)
 
 
 def test_checkpointed_mlp_gives_identical_gradients(onednn_calls):
@@ -222,6 +252,7 @@ def test_torch_compile_traces_the_standard_linear():
     assert ours.weight.grad is not None
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # torch warns when the mkldnn flags are set
 def test_swin_runs_every_linear_on_onednn(onednn_calls):
     model = SwinTransformer(**tiny_kwargs())
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -233,5 +264,13 @@ def test_swin_runs_every_linear_on_onednn(onednn_calls):
         model.eval()(torch.randn(2, 3, 64, 64))
     assert onednn_calls.count(("gelu", "none")) == sum(isinstance(m, Mlp) for m in model.modules()) == 8
     assert len(onednn_calls) == len(linears)  # one call per layer, fc1 with its GELU
+    onednn_calls.clear()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = model(x)
+        with torch.backends.mkldnn.flags(enabled=False):
+            plain = model(x)  # F.linear under autocast everywhere
+    assert len(onednn_calls) == len(linears) and fast.dtype == plain.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), plain.float(), rtol=0, atol=0.05 * plain.float().abs().max().item())
     model.reset_classifier(5)
     assert type(model.head) is Linear
