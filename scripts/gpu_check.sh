@@ -9,6 +9,8 @@
 #   (2) main.py training under bf16 and under fp16 autocast (GradScaler): every logged loss finite
 #   (3) SDPA kernels (math, efficient, flash, cudnn) of our attention against the eager path on the same weights:
 #       max abs difference of logits and of a bias-table gradient, fp32 and bf16
+#   (3b) uint8 batches: DeviceNormalize on the GPU against the CPU (bitwise), RandomErasing on the GPU, and
+#       main.py for one epoch on a tiny JPEG folder (uint8 loaders, normalization and erasing on the device)
 #   (4) torch.compile of our model: logits close to eager, a timed bf16 training step compiled against eager
 #   (5) scripts/benchmark.py: Swin-T and Swin-B, train and inference, fp32 and bf16, batch 128, side by side
 #       with timm and torchvision (JSON in $OUT); then, time allowing, Swin-T compiled
@@ -157,6 +159,39 @@ assert fused or dev.type == "cpu", "no fused SDPA kernel ran our attention in bf
 json.dump(report, open(os.path.join(os.environ["OUT"], "sdpa_check.json"), "w"), indent=1)
 EOF
 
+cat > "$WORK/uint8_check.py" << 'EOF'
+"""uint8 batches: normalization on the device equals the CPU's bit for bit; erasing runs there; JPEG folder."""
+import os, sys
+import numpy as np
+import torch
+from PIL import Image
+sys.path.insert(0, os.getcwd())
+from configs import get_config
+from data import build_loaders
+
+root, dev = sys.argv[1], torch.device(os.environ["GC_DEVICE"])
+rng = np.random.default_rng(0)
+for split, n in (("train", 8), ("val", 2)):
+    for c in range(4):
+        os.makedirs(f"{root}/{split}/c{c}", exist_ok=True)
+        for i in range(n):
+            img = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((80, 60), Image.BICUBIC)
+            img.save(f"{root}/{split}/c{c}/{i}.JPEG", quality=90)
+cfg = get_config(None, ["DATA.DATA_PATH", root, "MODEL.NUM_CLASSES", "4", "DATA.IMG_SIZE", "64",
+                        "DATA.BATCH_SIZE", "8", "DATA.NUM_WORKERS", "0", "AUG.REPROB", "1.0"])
+L = build_loaders(cfg, 0, 1, dev)
+val = next(iter(L.val_loader))[0]
+on_dev = L.val_prepare(val.to(dev)).cpu()
+assert torch.equal(on_dev, L.val_prepare(val)), "normalization on the device differs from the CPU's"
+L.train_sampler.set_epoch(0)
+x = next(iter(L.train_loader))[0].to(dev)
+erased = L.train_prepare(x)
+changed = (erased != L.val_prepare(x)).any(dim=1).flatten(1).any(dim=1)
+assert erased.device.type == dev.type and torch.isfinite(erased).all() and bool(changed.all()), changed
+print(f"uint8 {tuple(val.shape)} -> {tuple(on_dev.shape)} float32: bitwise equal on {dev} and cpu; "
+      f"every image of the training batch erased on {dev}")
+EOF
+
 cat > "$WORK/compile_check.py" << 'EOF'
 """torch.compile of our model: logits against eager, and a timed bf16 training step compiled vs eager."""
 import os, sys, time
@@ -241,6 +276,16 @@ fi
 
 # (3) SDPA kernels against eager attention
 check sdpa_kernels 90 python "$WORK/sdpa_check.py"
+
+# (3b) uint8 batches through the device-side normalization and a short main.py run on JPEGs
+check uint8_input 60 python "$WORK/uint8_check.py" "$WORK/jpegs"
+if [ $YACS = 1 ]; then
+  check uint8_main 90 bash "$WORK/main_run.sh" uint8 - python DATA.DATASET imagenet DATA.DATA_PATH "$WORK/jpegs" \
+    DATA.IMG_SIZE 64 DATA.BATCH_SIZE 8 DATA.NUM_WORKERS 2 MODEL.NUM_CLASSES 4 MODEL.SWIN.EMBED_DIM 48 \
+    MODEL.SWIN.DEPTHS "[2, 2]" MODEL.SWIN.NUM_HEADS "[3, 6]" MODEL.SWIN.WINDOW_SIZE 4 TRAIN.EPOCHS 1 \
+    TRAIN.WARMUP_EPOCHS 0 AUG.REPROB 0.5
+  keep uint8
+fi
 
 # (5) the side-by-side benchmark (before (4): compiling is the slowest and least essential step)
 for m in "${MODELS[@]}"; do
