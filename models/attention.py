@@ -124,7 +124,10 @@ class WindowAttention(nn.Module):
         attn = (q * self.scale) @ k.transpose(-2, -1)  # B*nW, heads, N, N
         if bias is not None:
             nw = bias.shape[0]
-            attn = (attn.view(-1, nw, heads, n, n) + bias).view(b_, heads, n, n)  # B*nW, heads, N, N
+            # under autocast: bf16 logits + float32 bias -> float32, as one widening copy and an in-place add
+            # (the same values; torch's mixed-dtype broadcasting add is several times slower on CPU)
+            attn = attn.to(torch.promote_types(attn.dtype, bias.dtype)).view(-1, nw, heads, n, n)
+            attn = (attn.add_(bias) if attn.dtype != q.dtype else attn + bias).view(b_, heads, n, n)
         attn = F.dropout(attn.softmax(dim=-1), p=self.attn_drop if self.training else 0.0)
         return attn @ v  # B*nW, heads, N, hd
 

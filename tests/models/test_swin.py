@@ -204,3 +204,40 @@ def test_eval_forward_traces_into_one_graph_for_torch_compile():
         explanation = torch._dynamo.explain(model)(x)
         assert explanation.graph_break_count == 0 and explanation.graph_count == 1
         torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)  # the cache path still serves eager calls
+
+
+def _official_eager(self, qkv, mask, mask_key):
+    """The official attention products: the bias added with type promotion (bf16 logits -> float32)."""
+    _, b_, heads, n, _ = qkv.shape
+    q, k, v = qkv.unbind(0)
+    bias = self.attn_bias(mask, mask_key, self.relative_position_bias_table.dtype)
+    attn = (q * self.scale) @ k.transpose(-2, -1)
+    nw = bias.shape[0]
+    attn = (attn.view(-1, nw, heads, n, n) + bias).view(b_, heads, n, n)
+    return attn.softmax(dim=-1) @ v
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_bf16_bias_add_is_the_official_one_bitwise(monkeypatch, train):
+    """Under bf16 autocast the eager path widens the logits and adds the float32 bias in place: the same
+    logits, and in training the same gradients, as the official promoting add."""
+    from models.attention import WindowAttention
+
+    torch.manual_seed(0)
+    model = perturb(SwinTransformer(**tiny_kwargs())).train(train)  # no drop path: repeatable
+    x = torch.randn(2, 3, 64, 64)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        if train:
+            out.float().square().sum().backward()
+        return out, {n: p.grad for n, p in model.named_parameters()}
+
+    ours, grads = run()
+    monkeypatch.setattr(WindowAttention, "_eager", _official_eager)
+    ref, ref_grads = run()
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref)
+    for n, g in ref_grads.items():
+        assert (g is None and grads[n] is None) or torch.equal(grads[n], g), n
