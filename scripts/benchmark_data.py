@@ -34,7 +34,7 @@ from configs import get_config  # noqa: E402
 from data.base import preserved_rngs, seed_rngs  # noqa: E402
 from data.build import build_dataset  # noqa: E402
 from data.samplers import sample_seeds  # noqa: E402
-from engine.report import device_name  # noqa: E402
+from engine.report import device_name, git_commit  # noqa: E402
 from data.transforms import fix_posterize  # noqa: E402
 
 
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             device_ms = 1e3 * (time.process_time() - c0) / (args.repeats * len(x))
     result = {"images": n, "image_size": [500, 375], "repeats": args.repeats, "batch": args.batch,
               "img_size": cfg.DATA.IMG_SIZE, "python": platform.python_version(), "torch": torch.__version__,
-              "cpu": device_name(torch.device("cpu")), "normalize_on_device": device_part is not None,
+              "cpu": device_name(torch.device("cpu")), "git_commit": git_commit(),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "normalize_on_device": device_part is not None,
               "device_part_cpu_ms_per_image": device_ms}
     for name, r in runs.items():
         wall = min(w for w, _ in r)  # best pass: least disturbed by other load
