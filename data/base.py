@@ -101,10 +101,12 @@ class ImageDataset(Dataset):
     (the encoded file: a path or bytes) or `load(index)` (an RGB PIL image, for in-memory data).
 
     With a transform, encoded images go through `FastPipeline` (data/fast.py): the same results as
-    decode + transform, cheaper; `fast` (training) allows its approximate speed-ups (`FastOptions`).
+    decode + transform, cheaper; `fast` (`FastOptions`) picks the approximate training speed-ups and the uint8
+    output (normalization on the device).
     """
 
-    def __init__(self, transform: Callable | None, on_corrupt: str = "error", fast: FastOptions = FastOptions()) -> None:
+    def __init__(self, transform: Callable | None, on_corrupt: str = "error",
+                 fast: FastOptions = FastOptions()) -> None:
         if on_corrupt not in ("error", "skip"):
             raise DataError(f"DATA.ON_CORRUPT is {on_corrupt!r}; choose error or skip.")
         self.transform = transform

@@ -7,9 +7,12 @@
   `draft`: when the crop box is at least 2x, 4x or 8x the output size, the JPEG is decoded at 1/2, 1/4 or 1/8
   scale (PIL `Image.draft`, DCT scaling) and the crop is resized from there;
   `resize`: the crop is resized by torch's uint8 antialiased kernels (the filters and support of PIL's
-  bilinear/bicubic resampling, written straight into an RGB buffer), 2-7x faster than PIL's resize; integer
-  rounding makes pixels differ from PIL's by at most 1 (bilinear) or 5 (bicubic, strong upscaling) levels
-  out of 255, 0.05 levels on average.
+  bilinear/bicubic resampling, written straight into an RGB buffer), 3-4x faster than PIL's resize (draft-decoded
+  crops keep PIL's resize from their fractional box). Both resize in two passes with 8-bit rounding in between,
+  torch always horizontal first while Pillow 13 runs some shapes vertical first; where bicubic overshoot is clamped
+  between the passes the order shows. Natural images differ by at most 2-3 levels out of 255 (0.05 on average),
+  bilinear by at most 2; bicubic on sharp high-contrast edges (binary noise, line art) by up to ~30 levels,
+  about 1 on average: a different rounding of the same resampling, not a different augmentation.
   With both off the result is bitwise identical to the plain transform.
 - ToTensor + Normalize are fused into one in-place pass with the same float32 operations (bitwise equal).
 - `uint8` (training and evaluation): the pipeline stops before ToTensor and returns the H x W x 3 uint8 image;
@@ -57,7 +60,9 @@ _AA_RESIZE = {
 
 @dataclass(frozen=True)
 class FastOptions:
-    """The approximate (not bitwise) speed-ups FastPipeline may take on training crops; see the module doc."""
+    """What FastPipeline may do beyond the bitwise-exact default; see the module doc. `draft` and `resize` are
+    approximate and for training crops only; `uint8` is exact (same bits after `device_part()`, random erasing
+    aside), for training and evaluation, and changes the output to H x W x 3 uint8."""
 
     draft: bool = False  # reduced-scale JPEG decoding for large crops
     resize: bool = False  # torch's uint8 antialiased resize instead of PIL's
@@ -67,7 +72,7 @@ class FastOptions:
 def resized_crop_uint8(img: Image.Image, i: int, j: int, h: int, w: int, size: tuple[int, int],
                        interp: T.InterpolationMode) -> Image.Image:
     """`F.resized_crop(img, i, j, h, w, size, interp)` (crop, then antialiased resize) for an RGB image and
-    bilinear/bicubic, through torch's uint8 kernels. Differs from PIL by integer rounding only."""
+    bilinear/bicubic, through torch's uint8 kernels: PIL's filters, its own pass order and rounding (module doc)."""
     crop = torch.from_numpy(np.array(img.crop((j, i, j + w, i + h))))  # h x w x 3 (a view as 1 x 3 x h x w below)
     out = torch.empty((size[0], size[1], 3), dtype=torch.uint8)
     _AA_RESIZE[interp](crop.permute(2, 0, 1)[None], list(size), False, None, None, out=out.permute(2, 0, 1)[None])

@@ -191,7 +191,8 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
             optimizer=optimizer, schedule=schedule, criterion=build_criterion(cfg, loaders.mixup_fn is not None),
             amp=amp, device=info.device, ema_source=raw, accumulation_steps=cfg.TRAIN.ACCUMULATION_STEPS,
             clip_grad=cfg.TRAIN.CLIP_GRAD, scaler=scaler, ema=ema, mixup_fn=loaders.mixup_fn,
-            prepare=loaders.train_prepare, print_freq=cfg.PRINT_FREQ, max_bad_steps=cfg.TRAIN.MAX_BAD_STEPS, total_epochs=cfg.TRAIN.EPOCHS,
+            prepare=loaders.train_prepare, print_freq=cfg.PRINT_FREQ, max_bad_steps=cfg.TRAIN.MAX_BAD_STEPS,
+            total_epochs=cfg.TRAIN.EPOCHS,
             world_size=info.world_size, metrics=metrics, stop=stop.agreed,
         )
         return _train_epochs(cfg, info, derived, model, raw, loaders, amp, ctx, state, progress, updates)

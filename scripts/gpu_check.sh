@@ -88,7 +88,7 @@ if [ $YACS = 1 ]; then
   python -c "import yacs; print('yacs', yacs.__file__)"
 else
   echo "FAIL yacs: not importable and no usable wheel in .device_wheels/ (put yacs-*.whl there);" \
-       "steps 1, 2 and 6 (main.py) cannot run"
+       "steps 1, 2, 3b and 6 (configs/, main.py) cannot run"
 fi
 
 # the python steps, written out first so that each runs under its own time limit
@@ -278,13 +278,19 @@ fi
 check sdpa_kernels 90 python "$WORK/sdpa_check.py"
 
 # (3b) uint8 batches through the device-side normalization and a short main.py run on JPEGs
-check uint8_input 60 python "$WORK/uint8_check.py" "$WORK/jpegs"
-if [ $YACS = 1 ]; then
+if [ $YACS = 1 ]; then  # both need configs/ (yacs); the run reads the folder uint8_input writes
+  check uint8_input 60 python "$WORK/uint8_check.py" "$WORK/jpegs"
+else
+  SKIPPED+=(uint8_input); echo "SKIP uint8_input (needs yacs)"
+fi
+if [ $YACS = 1 ] && [ -d "$WORK/jpegs/val" ]; then
   check uint8_main 90 bash "$WORK/main_run.sh" uint8 - python DATA.DATASET imagenet DATA.DATA_PATH "$WORK/jpegs" \
     DATA.IMG_SIZE 64 DATA.BATCH_SIZE 8 DATA.NUM_WORKERS 2 MODEL.NUM_CLASSES 4 MODEL.SWIN.EMBED_DIM 48 \
     MODEL.SWIN.DEPTHS "[2, 2]" MODEL.SWIN.NUM_HEADS "[3, 6]" MODEL.SWIN.WINDOW_SIZE 4 TRAIN.EPOCHS 1 \
     TRAIN.WARMUP_EPOCHS 0 AUG.REPROB 0.5
   keep uint8
+else
+  SKIPPED+=(uint8_main); echo "SKIP uint8_main (needs yacs and the JPEG folder of uint8_input)"
 fi
 
 # (5) the side-by-side benchmark (before (4): compiling is the slowest and least essential step)
