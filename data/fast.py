@@ -1,4 +1,5 @@
-"""Decode + transform in one step, cheaper than decoding and then running the Compose, same results.
+"""Decode + transform in one step, cheaper than decoding and then running the Compose; bitwise the same results
+unless an approximate option is chosen.
 
 `FastPipeline(transform)` wraps a Compose built by `build_transform` and runs it on an encoded image:
 - RandomResizedCrop: the crop is drawn from the JPEG header size before decoding (the same RNG draws as
