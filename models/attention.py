@@ -69,6 +69,11 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # N*N, heads
         return bias.view(n, n, -1).permute(2, 0, 1)  # heads, N, N
 
+    def _table_trains(self) -> bool:
+        """Whether this forward must keep the bias table in the autograd graph."""
+        table = self.relative_position_bias_table
+        return table is not None and table.requires_grad and torch.is_grad_enabled()
+
     def attn_bias(
         self, mask: Optional[torch.Tensor], mask_key: tuple, dtype: torch.dtype
     ) -> Optional[torch.Tensor]:
@@ -76,7 +81,7 @@ class WindowAttention(nn.Module):
         table = self.relative_position_bias_table
         if table is None:
             return None if mask is None else mask.to(dtype).unsqueeze(1)  # nW, 1, N, N
-        if table.requires_grad and torch.is_grad_enabled():
+        if self._table_trains():
             return self._combine(mask, dtype)  # must stay in the autograd graph: not cached
         if torch.compiler.is_compiling():
             return self._combine(mask, dtype)  # a Python dict lookup would break the graph; the compiler folds it
@@ -101,12 +106,10 @@ class WindowAttention(nn.Module):
         b_, n, c = x.shape
         heads = self.num_heads
         qkv = self.qkv(x).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # 3, B*nW, heads, N, hd
-        table = self.relative_position_bias_table
         # On CPU the eager products win twice: SDPA has no fused kernel for a mask that needs a gradient (it
         # would run its slower math kernel), and in bf16 its flash kernel is slower than eager for windows this
         # small (Swin-T inference, batch 8, 2 threads: 43 ms in SDPA against 35 ms for eager's softmax + bmm)
-        bias_grad = table is not None and table.requires_grad and torch.is_grad_enabled()
-        cpu_eager = qkv.device.type == "cpu" and (bias_grad or qkv.dtype != torch.float32)
+        cpu_eager = qkv.device.type == "cpu" and (self._table_trains() or qkv.dtype != torch.float32)
         if self.attn_impl == "sdpa" and not cpu_eager:
             x = self._sdpa(qkv, mask, mask_key)
         else:
