@@ -2,13 +2,15 @@
 
     python scripts/benchmark_data.py [--num-images 200] [--repeats 3] [--out output/benchmark_data.json]
 
-Writes real-size 500x375 JPEGs (smooth random content, quality 90) into --dir, then decodes and augments
-each image with (a) this project's training data set + transform and (b) torchvision ImageFolder with
-timm's create_transform at the same official settings, one process and one thread (like one DataLoader
-worker), batch by batch (the DataLoader's batched fetch), alternating the two so machine load hits both
-alike. Both draw their augmentations from the same per-sample seeds, so they do identical crops and
-RandAugment ops. Prints images/s, CPU ms per image and the ratio ours / baseline, and writes everything as
-JSON. With DATA.NORMALIZE_ON_DEVICE (the default) ours hands uint8 images to the training device, which then
+Writes real-size 500x375 JPEGs (smooth random content, quality 90) into --dir, then decodes, augments and
+collates them with (a) this project's training data set + transform, (b) the baseline: torchvision
+ImageFolder with timm's create_transform at the same official settings (float tensors, default collate), and
+(c) timm's prefetcher pipeline (create_transform(use_prefetcher=True): uint8 arrays, timm's fast_collate;
+normalization and random erasing then run on the GPU in timm's PrefetchLoader). One process and one thread
+(like one DataLoader worker), batch by batch (the DataLoader's batched fetch plus collate), the pipelines taking
+turns so machine load hits all alike. All draw their augmentations from the same per-sample seeds, so they do
+identical crops and RandAugment ops. Prints images/s, CPU ms per image and the ratios, and writes everything
+as JSON. With DATA.NORMALIZE_ON_DEVICE (the default) ours hands uint8 images to the training device, which then
 normalizes and erases (data/fast.py, `DeviceNormalize`); that batch step's CPU cost per image is reported
 too, as it is what a CPU-only run pays for it in the training process.
 """
@@ -28,6 +30,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from timm.data import create_transform  # noqa: E402
+from timm.data.loader import fast_collate  # noqa: E402
+from torch.utils.data import default_collate  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 
 from configs import get_config  # noqa: E402
@@ -69,11 +73,22 @@ class _SeededBaseline:
         return out
 
 
-def _time(fn, batches) -> tuple[float, float]:
+def _time(fetch, collate, batches) -> tuple[float, float]:
     w0, c0 = time.perf_counter(), time.process_time()
     for b in batches:
-        fn(b)
+        collate(fetch(b))
     return time.perf_counter() - w0, time.process_time() - c0
+
+
+def _timm_transform(cfg, use_prefetcher: bool):
+    t = create_transform(
+        input_size=cfg.DATA.IMG_SIZE, is_training=True,
+        color_jitter=cfg.AUG.COLOR_JITTER if cfg.AUG.COLOR_JITTER > 0 else None,
+        auto_augment=None if cfg.AUG.AUTO_AUGMENT == "none" else cfg.AUG.AUTO_AUGMENT,
+        re_prob=cfg.AUG.REPROB, re_mode=cfg.AUG.REMODE, re_count=cfg.AUG.RECOUNT,
+        interpolation=cfg.DATA.INTERPOLATION, use_prefetcher=use_prefetcher)
+    fix_posterize(t)  # plain timm crashes on recent Pillow now and then (see data/transforms.py)
+    return t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,23 +107,23 @@ def main(argv: list[str] | None = None) -> int:
             write_images(root, args.num_images)
         cfg = get_config(args.cfg or None, ["DATA.DATA_PATH", root, "MODEL.NUM_CLASSES", "4"])
         ours, _ = build_dataset(True, cfg)
-        base_t = create_transform(
-            input_size=cfg.DATA.IMG_SIZE, is_training=True,
-            color_jitter=cfg.AUG.COLOR_JITTER if cfg.AUG.COLOR_JITTER > 0 else None,
-            auto_augment=None if cfg.AUG.AUTO_AUGMENT == "none" else cfg.AUG.AUTO_AUGMENT,
-            re_prob=cfg.AUG.REPROB, re_mode=cfg.AUG.REMODE, re_count=cfg.AUG.RECOUNT,
-            interpolation=cfg.DATA.INTERPOLATION)
-        fix_posterize(base_t)  # plain timm crashes on recent Pillow now and then (see data/transforms.py)
-        base = ImageFolder(os.path.join(root, "train"), transform=base_t)
+        train_dir = os.path.join(root, "train")
+        pipelines = {  # name: (batched fetch, collate)
+            "baseline": (_SeededBaseline(ImageFolder(train_dir, _timm_transform(cfg, False))).__getitems__,
+                         default_collate),
+            "timm_prefetcher": (_SeededBaseline(ImageFolder(train_dir, _timm_transform(cfg, True))).__getitems__,
+                                fast_collate),
+            "ours": (ours.__getitems__, default_collate),
+        }
         n = len(ours)
         items = list(zip(range(n), sample_seeds(cfg.SEED, 0, 0, n).tolist()))
         batches = [items[k : k + args.batch] for k in range(0, n, args.batch)]
-        base = _SeededBaseline(base)
-        ours.__getitems__(items[:2]), base.__getitems__(items[:2])  # warm-up (imports, first-call caches)
-        runs: dict[str, list[tuple[float, float]]] = {"ours": [], "baseline": []}
+        for fetch, collate in pipelines.values():
+            collate(fetch(items[:2]))  # warm-up (imports, first-call caches)
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in pipelines}
         for _ in range(args.repeats):
-            runs["baseline"].append(_time(base.__getitems__, batches))
-            runs["ours"].append(_time(ours.__getitems__, batches))
+            for name, (fetch, collate) in pipelines.items():
+                runs[name].append(_time(fetch, collate, batches))
         device_part = ours.device_part()
         device_ms = None
         if device_part is not None:  # what ours leaves to the training device, timed on this CPU
@@ -127,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         wall = min(w for w, _ in r)  # best pass: least disturbed by other load
         cpu = min(c for _, c in r)
         result[name] = {"images_per_s": n / wall, "cpu_ms_per_image": 1e3 * cpu / n, "passes": r}
-        print(f"{name:9s} {n / wall:8.1f} images/s per worker   {1e3 * cpu / n:6.2f} CPU ms/image")
-    result["speedup"] = result["ours"]["images_per_s"] / result["baseline"]["images_per_s"]
-    result["cpu_cost_ratio"] = result["baseline"]["cpu_ms_per_image"] / result["ours"]["cpu_ms_per_image"]
-    print(f"ratio ours/baseline: {result['speedup']:.2f}x images/s, {result['cpu_cost_ratio']:.2f}x lower CPU cost")
+        print(f"{name:16s} {n / wall:8.1f} images/s per worker   {1e3 * cpu / n:6.2f} CPU ms/image")
+    for ref, suffix in (("baseline", ""), ("timm_prefetcher", "_vs_timm_prefetcher")):
+        result["speedup" + suffix] = result["ours"]["images_per_s"] / result[ref]["images_per_s"]
+        result["cpu_cost_ratio" + suffix] = result[ref]["cpu_ms_per_image"] / result["ours"]["cpu_ms_per_image"]
+        print(f"ratio ours/{ref}: {result['speedup' + suffix]:.2f}x images/s, "
+              f"{result['cpu_cost_ratio' + suffix]:.2f}x lower CPU cost")
     if device_ms is not None:
         print(f"ours' batch step on the device (normalize + random erasing), here on the CPU: {device_ms:.3f} ms/image")
     if args.out:
