@@ -2,8 +2,9 @@
 
 Determinism: training samplers yield `(index, seed)` pairs. While transforming such a sample, the CPU RNGs
 that augmentations draw from (python `random`, numpy, torch) are seeded from `seed` (and restored afterwards
-in the main process), so a sample's augmentation is a pure function of (SEED, epoch, rank, position in the epoch) -- independent
-of NUM_WORKERS, persistent workers and of resuming. Plain integer indices use the ambient RNG.
+in the main process), so a sample's augmentation is a pure function of (SEED, epoch, rank, position in the
+epoch) -- independent of NUM_WORKERS, persistent workers and of resuming. Plain integer indices use the ambient
+RNG.
 
 Corrupt images: with on_corrupt="error" the first unreadable file raises CorruptImageError naming it; with
 "skip" it is logged, replaced by the next readable index (deterministic) and counted in a shared-memory
@@ -57,6 +58,17 @@ def seed_rngs(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.default_generator.manual_seed(seed)
+
+
+def seeded_map(fn: Callable[[int], Any], pairs: list[tuple[int, int]]) -> list[Any]:
+    """[fn(index) for (index, seed) in pairs], each call with the CPU RNGs seeded from its seed; in the main
+    process the RNG states are saved and restored once for the whole list instead of once per call."""
+    out = []
+    with preserved_rngs():
+        for index, seed in pairs:
+            seed_rngs(seed)
+            out.append(fn(index))
+    return out
 
 
 @contextmanager
@@ -190,12 +202,7 @@ class ImageDataset(Dataset):
         pairs = [split_item(item) for item in items]
         if any(seed is None for _, seed in pairs):
             return [self[item] for item in items]
-        out = []
-        with preserved_rngs():
-            for index, seed in pairs:
-                seed_rngs(seed)
-                out.append(self._labeled(index))
-        return out
+        return seeded_map(self._labeled, pairs)
 
 
 class LabeledImageDataset(ImageDataset):

@@ -28,21 +28,26 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when a linear layer on x may run on oneDNN with the same result as F.linear.
-
-    That is: non-empty float32 input and weight on the CPU (oneDNN rejects empty operands), no CPU autocast (it must see F.linear to cast it), not
-    inside torch.compile tracing or a torch dispatch mode (they only know the standard ops), oneDNN enabled.
-    """
+def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """What both oneDNN paths need: non-empty CPU operands (oneDNN rejects empty ones), not inside torch.compile
+    tracing or a torch dispatch mode (they only know the standard ops), oneDNN enabled and built in."""
     return (
         x.device.type == "cpu" and weight.device.type == "cpu"
-        and x.dtype == torch.float32 and weight.dtype == torch.float32
         and x.numel() > 0 and weight.numel() > 0
         and not torch.compiler.is_compiling()
-        and not torch.is_autocast_enabled("cpu")
         and not is_in_torch_dispatch_mode()
         and torch.backends.mkldnn.enabled
         and onednn_available()
+    )
+
+
+def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when a linear layer on x may run on oneDNN with the same result as F.linear: float32 input and
+    weight, no CPU autocast (it must see F.linear to cast it), and `_onednn_usable`."""
+    return (
+        x.dtype == torch.float32 and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and _onednn_usable(x, weight)
     )
 
 
@@ -50,15 +55,10 @@ def onednn_bf16_eligible(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     """True when a linear layer on x runs under CPU bf16 autocast with nothing for autograd to record (inference):
     oneDNN may then take the bf16 casts of x, weight and bias that autocast would give F.linear."""
     return (
-        x.device.type == "cpu" and weight.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == torch.float32
-        and x.numel() > 0 and weight.numel() > 0
+        x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == torch.float32
         and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         and not _records_graph(x, weight, bias)
-        and not torch.compiler.is_compiling()
-        and not is_in_torch_dispatch_mode()
-        and torch.backends.mkldnn.enabled
-        and onednn_available()
+        and _onednn_usable(x, weight)
         and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
 

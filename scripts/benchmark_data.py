@@ -35,11 +35,11 @@ from torch.utils.data import default_collate  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 
 from configs import get_config  # noqa: E402
-from data.base import preserved_rngs, seed_rngs  # noqa: E402
+from data.base import seeded_map  # noqa: E402
 from data.build import build_dataset  # noqa: E402
 from data.samplers import sample_seeds  # noqa: E402
-from engine.report import device_name, git_commit  # noqa: E402
 from data.transforms import fix_posterize  # noqa: E402
+from engine.report import device_name, git_commit  # noqa: E402
 
 
 def write_images(root: str, n: int, classes: int = 4, size: tuple[int, int] = (500, 375)) -> None:
@@ -65,12 +65,7 @@ class _SeededBaseline:
         self.ds = ds
 
     def __getitems__(self, items: list[tuple[int, int]]) -> list:
-        out = []
-        with preserved_rngs():
-            for index, seed in items:
-                seed_rngs(seed)
-                out.append(self.ds[index])
-        return out
+        return seeded_map(self.ds.__getitem__, items)
 
 
 def _time(fetch, collate, batches) -> tuple[float, float]:
