@@ -2,11 +2,11 @@
 
 Two kernels give the same result: "eager" follows the official operation order (q * scale, q @ k^T, + bias,
 + mask, softmax, @ v) and "sdpa" calls F.scaled_dot_product_attention with the bias and the shift mask
-combined into one additive mask. The combined bias is cached per (mask, dtype, device, table version) and
-only rebuilt when the table must receive gradients, so inference pays for the table gather once.
+combined into one additive mask. In no-grad forwards on CPU the combined bias comes from a `BiasCache`, so
+inference pays for the table gather once per table value.
 """
 import logging
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,50 @@ from .window import relative_position_index
 log = logging.getLogger(__name__)
 
 ATTN_IMPLS = ("eager", "sdpa")
-_CACHE_SIZE = 8  # distinct (size, dtype, device) entries kept per block; more means sizes keep changing
+
+
+class BiasCache:
+    """Combined bias (relative bias + shift mask) per (mask, dtype), for forwards that do not train the table.
+
+    What invalidates an entry: any change of the table's values, its device or dtype, or another mask object.
+    An entry keeps a copy of the table it was built from and is served only while the table still equals it:
+    the table's version counter cannot be trusted, since fused optimizer steps (AdamW/SGD fused=True) write
+    parameters without bumping it. The check compares (2M-1)^2 x heads numbers on the host, so the cache is
+    used on CPU only; on an accelerator that comparison would be a device-to-host sync per block, and the
+    gather it saves is a few small asynchronous kernels.
+    """
+
+    max_entries = 8  # distinct (mask, dtype) entries; more means input sizes keep changing
+
+    def __init__(self) -> None:
+        self._entries: Dict[tuple, Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]] = {}
+
+    @staticmethod
+    def applies(table: torch.Tensor) -> bool:
+        """Whether a cached bias may be used for this table now: a CPU table, no tracing by torch.compile
+        (a dict lookup would break the graph; the compiler folds the gather itself)."""
+        return table.device.type == "cpu" and not torch.compiler.is_compiling()
+
+    def get(self, table: torch.Tensor, mask: Optional[torch.Tensor], dtype: torch.dtype,
+            build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The cached bias for (mask, dtype) if it was built from a table equal to `table`, else `build()`."""
+        key = (id(mask), dtype)
+        entry = self._entries.get(key)
+        if entry is not None:
+            snapshot, cached_mask, bias = entry
+            # the entry holds the mask object, so its id cannot be reused by another mask while it lives
+            if (cached_mask is mask and snapshot.dtype == table.dtype and snapshot.device == table.device
+                    and torch.equal(snapshot, table)):
+                return bias
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        with torch.no_grad():
+            bias = build()
+            self._entries[key] = (table.detach().clone(), mask, bias)
+        return bias
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 class WindowAttention(nn.Module):
@@ -61,7 +104,7 @@ class WindowAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self._cache: Dict[tuple, torch.Tensor] = {}
+        self.bias_cache = BiasCache()
 
     def relative_bias(self) -> torch.Tensor:
         """The bias of every head for every token pair: (heads, N, N), differentiable w.r.t. the table."""
@@ -74,26 +117,14 @@ class WindowAttention(nn.Module):
         table = self.relative_position_bias_table
         return table is not None and table.requires_grad and torch.is_grad_enabled()
 
-    def attn_bias(
-        self, mask: Optional[torch.Tensor], mask_key: tuple, dtype: torch.dtype
-    ) -> Optional[torch.Tensor]:
+    def attn_bias(self, mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
         """Relative bias plus shift mask as one additive tensor: (nW or 1, heads or 1, N, N), or None."""
         table = self.relative_position_bias_table
         if table is None:
             return None if mask is None else mask.to(dtype).unsqueeze(1)  # nW, 1, N, N
-        if self._table_trains():
-            return self._combine(mask, dtype)  # must stay in the autograd graph: not cached
-        if torch.compiler.is_compiling():
-            return self._combine(mask, dtype)  # a Python dict lookup would break the graph; the compiler folds it
-        # a new table object, an in-place update (optimizer step, load_state_dict) or a move invalidates the entry
-        key = (mask_key, dtype, id(table), table._version, table.device, table.dtype)
-        bias = self._cache.get(key)
-        if bias is None:
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.clear()
-            with torch.no_grad():
-                bias = self._cache[key] = self._combine(mask, dtype)
-        return bias
+        if self._table_trains() or not BiasCache.applies(table):
+            return self._combine(mask, dtype)  # in the autograd graph when the table trains
+        return self.bias_cache.get(table, mask, dtype, lambda: self._combine(mask, dtype))
 
     def _combine(self, mask: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         bias = self.relative_bias().unsqueeze(0)  # 1, heads, N, N
@@ -101,8 +132,8 @@ class WindowAttention(nn.Module):
             bias = bias + mask.unsqueeze(1)  # nW, heads, N, N
         return bias.to(dtype).contiguous()  # so the shifted SDPA path can view it as (1, nW * heads, N, N)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, mask_key: tuple = ()) -> torch.Tensor:
-        """x: (B * nW, N, C); mask: (nW, N, N) or None; mask_key identifies the mask for the cache."""
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B * nW, N, C); mask: (nW, N, N) or None."""
         b_, n, c = x.shape
         heads = self.num_heads
         qkv = self.qkv(x).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # 3, B*nW, heads, N, hd
@@ -111,19 +142,19 @@ class WindowAttention(nn.Module):
         # small (Swin-T inference, batch 8, 2 threads: 43 ms in SDPA against 35 ms for eager's softmax + bmm)
         cpu_eager = qkv.device.type == "cpu" and (self._table_trains() or qkv.dtype != torch.float32)
         if self.attn_impl == "sdpa" and not cpu_eager:
-            x = self._sdpa(qkv, mask, mask_key)
+            x = self._sdpa(qkv, mask)
         else:
-            x = self._eager(qkv, mask, mask_key)
+            x = self._eager(qkv, mask)
         x = x.transpose(1, 2).reshape(b_, n, c)  # B*nW, N, C
         return self.proj_drop(self.proj(x))
 
-    def _eager(self, qkv: torch.Tensor, mask: Optional[torch.Tensor], mask_key: tuple) -> torch.Tensor:
+    def _eager(self, qkv: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         # the official order; the bias stays in the table's dtype, so under autocast the logits are promoted to
         # float32 before the softmax exactly as officially
         _, b_, heads, n, _ = qkv.shape
         q, k, v = qkv.unbind(0)  # each B*nW, heads, N, hd
         table = self.relative_position_bias_table
-        bias = self.attn_bias(mask, mask_key, table.dtype if table is not None else torch.float32)
+        bias = self.attn_bias(mask, table.dtype if table is not None else torch.float32)
         attn = (q * self.scale) @ k.transpose(-2, -1)  # B*nW, heads, N, N
         if bias is not None:
             nw = bias.shape[0]
@@ -134,10 +165,10 @@ class WindowAttention(nn.Module):
         attn = F.dropout(attn.softmax(dim=-1), p=self.attn_drop if self.training else 0.0)
         return attn @ v  # B*nW, heads, N, hd
 
-    def _sdpa(self, qkv: torch.Tensor, mask: Optional[torch.Tensor], mask_key: tuple) -> torch.Tensor:
+    def _sdpa(self, qkv: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         _, b_, heads, n, hd = qkv.shape
         q, k, v = qkv.unbind(0)  # each B*nW, heads, N, hd
-        bias = self.attn_bias(mask, mask_key, q.dtype)  # one additive mask in q's dtype
+        bias = self.attn_bias(mask, q.dtype)  # one additive mask in q's dtype
         if bias is not None and bias.shape[0] > 1:
             # fold windows into heads, (B, nW * heads, N, hd), so the (1, nW * heads, N, N) mask view broadcasts
             # over images: fused kernels take 4-D inputs only, and the mask is never expanded per image

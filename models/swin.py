@@ -116,7 +116,7 @@ class SwinTransformerBlock(nn.Module):
         shift = (self.shift_size if Hp > wh else 0, self.shift_size if Wp > ww else 0)
         mask = self.shift_mask((Hp, Wp), shift, x.device) if any(shift) else None
         x = window_partition(x, self.window, shift)  # B*nW, N, C  (rolled by -shift, as officially)
-        x = self.attn(x, mask, mask_key=(Hp, Wp, shift))
+        x = self.attn(x, mask)
         x = window_reverse(x, self.window, Hp, Wp, shift)  # B, Hp, Wp, C  (rolled back)
         return x[:, :H, :W] if pad_h or pad_w else x
 

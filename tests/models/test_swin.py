@@ -206,11 +206,11 @@ def test_eval_forward_traces_into_one_graph_for_torch_compile():
         torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)  # the cache path still serves eager calls
 
 
-def _official_eager(self, qkv, mask, mask_key):
+def _official_eager(self, qkv, mask):
     """The official attention products: the bias added with type promotion (bf16 logits -> float32)."""
     _, b_, heads, n, _ = qkv.shape
     q, k, v = qkv.unbind(0)
-    bias = self.attn_bias(mask, mask_key, self.relative_position_bias_table.dtype)
+    bias = self.attn_bias(mask, self.relative_position_bias_table.dtype)
     attn = (q * self.scale) @ k.transpose(-2, -1)
     nw = bias.shape[0]
     attn = (attn.view(-1, nw, heads, n, n) + bias).view(b_, heads, n, n)
