@@ -91,8 +91,8 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
     inference_only = bool(cfg.EVAL_MODE or cfg.THROUGHPUT_MODE)
     loaders = data.build_loaders(cfg, info.rank, info.world_size, info.device, eval_only=inference_only)
     derived = derive(cfg, info.world_size, loaders.num_classes)
-    log.info("rank %d of %d on %s, AMP %s; run directory %s", info.rank, info.world_size, info.device,
-             amp.dtype_name, run_dir)
+    log.info("rank %d of %d on %s, precision %s (%s); run directory %s", info.rank, info.world_size, info.device,
+             amp.dtype_name, amp.reason, run_dir)
     if info.is_main:
         _write_run_files(cfg, derived)
     model = models.build_model(cfg, info.device).to(info.device)

@@ -151,7 +151,11 @@ def test_uint8_batches_are_prepared_on_the_device():
             torch.randint(10, (4,), generator=g)) for _ in range(3)]
     mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     prepare = DeviceNormalize(mean, std)
-    floats = [(((x.permute(0, 3, 1, 2).float() / 255) - mean) / std, y) for x, y in raw]
+    # contiguous N x 3 x H x W as the plain transform collates them (a permuted view would run the patch
+    # convolution on channels-last strides, another kernel with other rounding on some CPUs)
+    floats = [((((x.permute(0, 3, 1, 2).float() / 255) - mean) / std).contiguous(), y) for x, y in raw]
+    for (x, _), (f, _) in zip(raw, floats):
+        assert torch.equal(prepare(x), f)
     a, b = tiny_model(0), tiny_model(0)
     ctx = sgd_context(a)
     ctx.prepare = prepare
