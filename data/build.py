@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -115,6 +116,36 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(s)
 
 
+class Loader(DataLoader):
+    """A DataLoader that can end its worker processes on demand (`end_workers`).
+
+    torch ends them when the iterator is collected, or at exit with SIGTERM; when an error leaves the iterator
+    held by a traceback and the workers ignore SIGTERM (engine.distributed.StopRequest.shield_workers), Python's
+    exit would wait for them forever.
+    """
+
+    def __iter__(self):
+        it = super().__iter__()
+        self._live = weakref.ref(it)
+        return it
+
+    def end_workers(self, grace_s: float = 5.0) -> None:
+        """Ask the live iterator's workers to leave (torch's own shutdown), then kill those still alive."""
+        it = getattr(self, "_live", lambda: None)()
+        workers = list(getattr(it, "_workers", ()))
+        if not workers:
+            return
+        try:
+            it._shutdown_workers()
+        except Exception as e:  # a broken queue must not hide the error that brought us here
+            log.debug("DataLoader worker shutdown failed: %s", e)
+        for w in workers:
+            w.join(timeout=grace_s)
+            if w.is_alive():
+                w.kill()
+                w.join(timeout=grace_s)
+
+
 def _loader(cfg, dataset: Dataset, sampler: Sampler, device: torch.device, train: bool, rank: int) -> DataLoader:
     workers = cfg.DATA.NUM_WORKERS
     extra = {}
@@ -123,7 +154,7 @@ def _loader(cfg, dataset: Dataset, sampler: Sampler, device: torch.device, train
                      worker_init_fn=_seed_worker)
     g = torch.Generator()
     g.manual_seed(cfg.SEED + rank)
-    return DataLoader(
+    return Loader(
         dataset,
         batch_size=cfg.DATA.BATCH_SIZE,
         sampler=sampler,

@@ -1,0 +1,67 @@
+"""Every exit path ends every process: an error raised while DataLoader workers live (workers that ignore
+SIGTERM, as preemption needs) ends the run, and no process of it is left (a watchdog fails the test)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.faults.helpers import REPO, RUN_OPTS
+
+WATCHDOG_S = 60  # a process still alive this long after the error fails the test
+
+
+def _image_folder(root) -> str:
+    """root/{train,val}/<class>/*.JPEG with one truncated JPEG among the training images."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 2)):
+        for c in ("n01", "n02"):
+            os.makedirs(os.path.join(root, split, c))
+            for i in range(n):
+                arr = rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(os.path.join(root, split, c, f"{c}_{i}.JPEG"), quality=90)
+    bad = os.path.join(root, "train", "n02", "n02_5.JPEG")
+    with open(bad, "rb") as f:
+        head = f.read(300)
+    with open(bad, "wb") as f:
+        f.write(head)
+    return bad
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_a_data_error_with_live_workers_ends_every_process(tmp_path, workers):
+    bad = _image_folder(str(tmp_path / "data"))
+    cmd = [sys.executable, os.path.join(REPO, "main.py"), "--output", str(tmp_path / "out"), "--opts", *RUN_OPTS,
+           "DATA.DATASET", "imagenet", "DATA.DATA_PATH", str(tmp_path / "data"), "MODEL.NUM_CLASSES", "2",
+           "DATA.NUM_WORKERS", str(workers), "TRAIN.EPOCHS", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=WATCHDOG_S + 60)
+        deadline = time.monotonic() + WATCHDOG_S
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling the process table, not a synchronisation
+        assert not _group_alive(proc.pid), "a worker of the run outlived it"
+    except subprocess.TimeoutExpired:
+        out = "the run did not exit"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, out[-3000:]
+    assert os.path.basename(bad) in out, out[-3000:]
