@@ -159,6 +159,14 @@ def _validate(cfg: CN) -> None:
         raise ConfigError("AMP_OPT_LEVEL (apex) is not supported; remove it and use AMP_ENABLE / AMP_DTYPE.")
     if cfg.TRAIN.LAYER_DECAY != 1.0:
         raise ConfigError("TRAIN.LAYER_DECAY other than 1.0 is not supported by Swin v1 training; set it to 1.0.")
+    if cfg.TRAIN.TIME_BUDGET < 0:
+        raise ConfigError(f"TRAIN.TIME_BUDGET is in minutes and must be >= 0 (0: off), got {cfg.TRAIN.TIME_BUDGET}.")
+    if cfg.TRAIN.TIME_BUDGET > 0 and cfg.TRAIN.LR_SCHEDULER.NAME == "cosine" and cfg.TRAIN.WARMUP_EPOCHS < 1:
+        raise ConfigError(
+            f"TRAIN.TIME_BUDGET fits the cosine schedule to the time left after the first epoch, whose learning "
+            f"rates must not depend on the run's length: set TRAIN.WARMUP_EPOCHS >= 1 (it is "
+            f"{cfg.TRAIN.WARMUP_EPOCHS}), or TRAIN.TIME_BUDGET 0."
+        )
     if len(cfg.MODEL.SWIN.DEPTHS) != len(cfg.MODEL.SWIN.NUM_HEADS):
         raise ConfigError(
             f"MODEL.SWIN.DEPTHS {cfg.MODEL.SWIN.DEPTHS} and MODEL.SWIN.NUM_HEADS {cfg.MODEL.SWIN.NUM_HEADS} "

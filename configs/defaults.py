@@ -68,6 +68,7 @@ _C.TRAIN = CN()
 _C.TRAIN.START_EPOCH = 0  # first epoch (set by resume, not by hand)
 _C.TRAIN.EPOCHS = 300  # training epochs
 _C.TRAIN.WARMUP_EPOCHS = 20  # linear warmup epochs (prefix of the schedule)
+_C.TRAIN.TIME_BUDGET = 0.0  # (new) minutes for the run: after the first epoch, EPOCHS shrinks to what fits; 0: off
 _C.TRAIN.WEIGHT_DECAY = 0.05  # AdamW weight decay (not on norms, biases, position tables)
 _C.TRAIN.BASE_LR = 5e-4  # learning rate per 512 images (linearly scaled by total batch)
 _C.TRAIN.WARMUP_LR = 5e-7  # warmup start learning rate per 512 images

@@ -140,10 +140,12 @@ class LRSchedule:
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * t / length))
 
 
-def build_schedule(cfg: CfgNode, derived: Derived, updates_per_epoch: int) -> LRSchedule:
-    """The schedule of TRAIN.LR_SCHEDULER with the linearly scaled rates of `derived`."""
+def build_schedule(cfg: CfgNode, derived: Derived, updates_per_epoch: int, epochs: int | None = None) -> LRSchedule:
+    """The schedule of TRAIN.LR_SCHEDULER with the linearly scaled rates of `derived`, over `epochs` (default
+    TRAIN.EPOCHS; fewer when TRAIN.TIME_BUDGET planned them)."""
     sched = cfg.TRAIN.LR_SCHEDULER
-    total = int(cfg.TRAIN.EPOCHS * updates_per_epoch)
+    epochs = cfg.TRAIN.EPOCHS if epochs is None else epochs
+    total = int(epochs * updates_per_epoch)
     warmup = int(cfg.TRAIN.WARMUP_EPOCHS * updates_per_epoch)
     common = dict(
         name=sched.NAME, base_lr=derived.base_lr, warmup_lr=derived.warmup_lr, min_lr=derived.min_lr,
@@ -152,7 +154,7 @@ def build_schedule(cfg: CfgNode, derived: Derived, updates_per_epoch: int) -> LR
     if sched.NAME == "cosine":
         if (total - warmup if sched.WARMUP_PREFIX else total) <= 0:
             raise ConfigError(
-                f"TRAIN.EPOCHS {cfg.TRAIN.EPOCHS} leaves no cosine decay after TRAIN.WARMUP_EPOCHS "
+                f"TRAIN.EPOCHS {epochs} leaves no cosine decay after TRAIN.WARMUP_EPOCHS "
                 f"{cfg.TRAIN.WARMUP_EPOCHS}; make EPOCHS larger than WARMUP_EPOCHS."
             )
         return LRSchedule(**common)
@@ -170,3 +172,12 @@ def build_schedule(cfg: CfgNode, derived: Derived, updates_per_epoch: int) -> LR
             )
         return LRSchedule(**common, decay_rate=sched.GAMMA, milestones=milestones)
     raise ConfigError(f"TRAIN.LR_SCHEDULER.NAME {sched.NAME!r} is not supported; choose cosine, step or multistep.")
+
+
+def epochs_within_budget(budget_s: float, elapsed_s: float, epoch_s: float, epochs_done: int, min_epochs: int,
+                         max_epochs: int) -> int:
+    """The run's length in epochs for a wall-clock budget (TRAIN.TIME_BUDGET): the epochs done, plus as many
+    more of `epoch_s` seconds (training and evaluation, as measured) as the time left holds; at least
+    `min_epochs` (warmup plus one epoch of decay), at most `max_epochs` (TRAIN.EPOCHS)."""
+    more = int(max(budget_s - elapsed_s, 0.0) // epoch_s) if epoch_s > 0 else max_epochs
+    return max(min(min_epochs, max_epochs), min(max_epochs, epochs_done + more))

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from engine.distributed import (DistInfo, StopRequest, broadcast_object, cleanup
 from engine.ema import build_ema
 from engine.evaluate import EvalResult, evaluate
 from engine.logging_utils import MetricsWriter, close_logging, setup_logging
-from engine.optim import build_optimizer, build_schedule, steps_per_epoch
+from engine.optim import build_optimizer, build_schedule, epochs_within_budget, steps_per_epoch
 from engine.state import Progress, checkpoint_state, gather_rng_states, restore_state, restore_weights_for_eval
 from engine.throughput import measure_throughput
 from engine.train import NonFiniteTrainingError, TrainContext, TrainState, build_criterion, train_one_epoch
@@ -80,6 +82,7 @@ def run(cfg: CfgNode) -> int:
 
 
 def _run(cfg: CfgNode, info: DistInfo) -> int:
+    started = time.monotonic()  # TRAIN.TIME_BUDGET counts from here
     seed_everything(cfg.SEED + info.rank)
     run_dir = derive(cfg, info.world_size).run_dir
     setup_logging(run_dir, info.rank)
@@ -105,7 +108,7 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
         return 0
     if cfg.EVAL_MODE:
         return _evaluate_only(cfg, info, derived, model, loaders, amp)
-    return _train(cfg, info, derived, model, loaders, amp)
+    return _train(cfg, info, derived, model, loaders, amp, started)
 
 
 def _write_run_files(cfg: CfgNode, derived: Derived) -> None:
@@ -155,7 +158,7 @@ def _log_eval(name: str, r: EvalResult, expected: int) -> None:
         raise RuntimeError(f"evaluated {r.num_images} images but the validation set has {expected}")
 
 
-def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: AmpPolicy) -> int:
+def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: AmpPolicy, started: float) -> int:
     raw = model
     if info.is_main:
         ckpt_io.remove_stale_temp_files(derived.run_dir)
@@ -174,7 +177,6 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
         model = torch.compile(model)
     batches = len(loaders.train_loader)
     updates = steps_per_epoch(batches, cfg.TRAIN.ACCUMULATION_STEPS)
-    schedule = build_schedule(cfg, derived, updates)
     scaler = amp.make_scaler()
     state = TrainState(epoch=cfg.TRAIN.START_EPOCH, global_step=cfg.TRAIN.START_EPOCH * updates)
     progress = Progress()
@@ -184,15 +186,17 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
         where = (f"epoch {state.epoch} after {state.epoch_batches} of {batches} micro-batches" if state.epoch_batches
                  else f"epoch {state.epoch - 1}")
         log.info("resumed from %s (%s, step %d)", resume, where, state.global_step)
-    with StopRequest() as stop, MetricsWriter(derived.run_dir, info.is_main) as metrics:
+    progress.started = started
+    epochs = progress.planned_epochs or cfg.TRAIN.EPOCHS  # the length TRAIN.TIME_BUDGET fixed, once it has
+    with StopRequest(cfg.DIST_TIMEOUT) as stop, MetricsWriter(derived.run_dir, info.is_main) as metrics:
         stop.shield_workers(loaders.train_loader)
         stop.shield_workers(loaders.val_loader)
         ctx = TrainContext(
-            optimizer=optimizer, schedule=schedule, criterion=build_criterion(cfg, loaders.mixup_fn is not None),
+            optimizer=optimizer, schedule=build_schedule(cfg, derived, updates, epochs), criterion=build_criterion(cfg, loaders.mixup_fn is not None),
             amp=amp, device=info.device, ema_source=raw, accumulation_steps=cfg.TRAIN.ACCUMULATION_STEPS,
             clip_grad=cfg.TRAIN.CLIP_GRAD, scaler=scaler, ema=ema, mixup_fn=loaders.mixup_fn,
             prepare=loaders.train_prepare, print_freq=cfg.PRINT_FREQ, max_bad_steps=cfg.TRAIN.MAX_BAD_STEPS,
-            total_epochs=cfg.TRAIN.EPOCHS,
+            total_epochs=epochs,
             world_size=info.world_size, metrics=metrics, stop=stop.agreed,
         )
         return _train_epochs(cfg, info, derived, model, raw, loaders, amp, ctx, state, progress, updates)
@@ -201,14 +205,18 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
 def _train_epochs(cfg: CfgNode, info: DistInfo, derived: Derived, model, raw, loaders, amp: AmpPolicy,
                   ctx: TrainContext, state: TrainState, progress: Progress, updates: int) -> int:
     """The epoch loop, then the final report; returns the exit code."""
-    log.info("start training: epochs %d-%d, %d updates per epoch, total batch %d, lr %.3e",
-             state.epoch, cfg.TRAIN.EPOCHS - 1, updates, derived.total_batch, derived.base_lr)
+    budget = (f" (at most: TRAIN.TIME_BUDGET {cfg.TRAIN.TIME_BUDGET:g} min fixes the number after the first epoch)"
+              if cfg.TRAIN.TIME_BUDGET > 0 and not progress.planned_epochs else "")
+    log.info("start training: epochs %d-%d%s, %d updates per epoch, total batch %d, lr %.3e",
+             state.epoch, ctx.total_epochs - 1, budget, updates, derived.total_batch, derived.base_lr)
     final: tuple[EvalResult, bool] | None = None
-    for epoch in range(state.epoch, cfg.TRAIN.EPOCHS):
+    epoch = state.epoch
+    while epoch < ctx.total_epochs:  # TRAIN.TIME_BUDGET may lower total_epochs after the first epoch
         state.epoch = epoch
         final = _one_epoch(cfg, info, derived, model, raw, loaders, amp, ctx, state, progress, updates)
         if final is None:  # stopped by a signal; the checkpoint to resume from is written
             return 0
+        epoch += 1
     ema = ctx.ema
     if final is None:  # resumed after the last epoch: nothing left to train, evaluate what was restored
         use_ema = bool(cfg.TEST.USE_EMA and ema is not None)
@@ -218,7 +226,7 @@ def _train_epochs(cfg: CfgNode, info: DistInfo, derived: Derived, model, raw, lo
         result, used_ema = final
         record = report.build_eval_record(
             cfg, ema.module if used_ema else raw, result, progress.last_checkpoint, used_ema, info.device,
-            extra={"world_size": info.world_size, "amp_dtype": amp.dtype_name, "epochs": cfg.TRAIN.EPOCHS,
+            extra={"world_size": info.world_size, "amp_dtype": amp.dtype_name, "epochs": ctx.total_epochs,
                    "max_accuracy": progress.max_accuracy, "best_epoch": progress.best_epoch},
         )
         report.write_eval_report(derived.run_dir, record)
@@ -229,11 +237,12 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
                state: TrainState, progress: Progress, updates: int) -> tuple[EvalResult, bool] | None:
     """Train, evaluate, record and checkpoint one epoch; returns the evaluation the report would use, or None
     when a stop signal ended the run (after saving the checkpoint to resume from)."""
-    epoch = state.epoch
+    epoch, resumed_at = state.epoch, state.epoch_batches
     if not state.epoch_batches:  # resuming mid-epoch: the checkpoint restored the RNG states of that moment
         seed_everything(epoch_seed(cfg.SEED, info.rank, epoch))
     loaders.train_sampler.set_epoch(epoch, start_index=state.epoch_batches * cfg.DATA.BATCH_SIZE)
     stats = train_one_epoch(model, loaders.train_loader, ctx, state)
+    eval_start = time.monotonic()
     if stats.stop_signal:
         _save(cfg, info, derived, raw, ctx, state, progress, updates)
         _log_stop(ctx, state, progress, stats.stop_signal)
@@ -253,13 +262,19 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
                        "ema_top5_err": ema_result.top5_err})
         if cfg.TEST.USE_EMA:
             reported, used_ema = ema_result, True
+    if cfg.TRAIN.TIME_BUDGET > 0 and not progress.planned_epochs:
+        # a resumed epoch trained only part of its batches: scale its training time to the whole epoch
+        batches = len(loaders.train_loader)
+        epoch_s = stats.seconds * batches / max(batches - resumed_at, 1) + time.monotonic() - eval_start
+        _fit_to_budget(cfg, derived, ctx, progress, epoch, epoch_s, steps_per_epoch(batches, ctx.accumulation_steps))
+        record["planned_epochs"] = ctx.total_epochs
     is_best = reported.top1_acc > progress.max_accuracy or progress.best_epoch < 0
     if is_best:
         progress.max_accuracy, progress.best_epoch = reported.top1_acc, epoch
     record["max_accuracy"] = progress.max_accuracy
     log.info("Max accuracy: %.2f%% (epoch %d)", progress.max_accuracy, progress.best_epoch)
     ctx.metrics.write(record)
-    last = epoch == cfg.TRAIN.EPOCHS - 1
+    last = epoch == ctx.total_epochs - 1
     stop_signal = ctx.stop() if ctx.stop is not None and not last else 0  # a signal during evaluation
     if (epoch + 1) % max(cfg.SAVE_FREQ, 1) == 0 or last or is_best or stop_signal:
         _save(cfg, info, derived, raw, ctx, state, progress, updates)
@@ -267,6 +282,22 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
         _log_stop(ctx, state, progress, stop_signal)
         return None
     return reported, used_ema
+
+
+def _fit_to_budget(cfg: CfgNode, derived: Derived, ctx: TrainContext, progress: Progress, epoch: int,
+                   epoch_s: float, updates: int) -> None:
+    """TRAIN.TIME_BUDGET: fix the run's length to the epochs that fit the time left, from rank 0's measurement of
+    the epoch just finished (so every rank agrees), and the schedule over that length. The epochs so far were
+    warmup (the config requires it), whose learning rates do not depend on the length."""
+    budget_s = cfg.TRAIN.TIME_BUDGET * 60
+    elapsed = time.monotonic() - progress.started
+    min_epochs = math.ceil(cfg.TRAIN.WARMUP_EPOCHS) + 1
+    epochs = broadcast_object(epochs_within_budget(budget_s, elapsed, epoch_s, epoch + 1, min_epochs, cfg.TRAIN.EPOCHS))
+    progress.planned_epochs = ctx.total_epochs = epochs
+    ctx.schedule = build_schedule(cfg, derived, updates, epochs)
+    log.info("TRAIN.TIME_BUDGET %g min: an epoch takes %.0f s (training and evaluation), %.0f s of the budget are "
+             "left, so the run trains %d of at most %d epochs", cfg.TRAIN.TIME_BUDGET, epoch_s,
+             max(budget_s - elapsed, 0.0), epochs, cfg.TRAIN.EPOCHS)
 
 
 def _save(cfg, info: DistInfo, derived: Derived, raw, ctx: TrainContext, state: TrainState, progress: Progress,

@@ -37,6 +37,8 @@ class Progress:
     max_accuracy: float = 0.0  # best top-1 (of the weights TEST.USE_EMA reports) so far
     best_epoch: int = -1
     last_checkpoint: str = ""
+    planned_epochs: int = 0  # the run's length once TRAIN.TIME_BUDGET fixed it (0: TRAIN.EPOCHS)
+    started: float = 0.0  # time.monotonic() when this process started the run (not saved)
 
 
 def gather_rng_states() -> list[dict]:
@@ -60,6 +62,7 @@ def checkpoint_state(
         "global_step": state.global_step,
         "max_accuracy": progress.max_accuracy,
         "best_epoch": progress.best_epoch,
+        "planned_epochs": progress.planned_epochs,
         "rng": rng,
         "config": dump_config(cfg),
         "derived": derived.as_dict(),
@@ -116,7 +119,7 @@ def restore_state(
     state = TrainState(epoch=int(ckpt["epoch"]) + 1, global_step=int(ckpt["global_step"]))
     state.epoch_batches = _mid_epoch_position(ckpt, path, cfg, derived, state.epoch, batches_per_epoch)
     progress = Progress(max_accuracy=float(ckpt.get("max_accuracy", 0.0)), best_epoch=int(ckpt.get("best_epoch", -1)),
-                        last_checkpoint=path)
+                        last_checkpoint=path, planned_epochs=int(ckpt.get("planned_epochs", 0)))
     return state, progress
 
 

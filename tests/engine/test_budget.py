@@ -1,0 +1,76 @@
+"""TRAIN.TIME_BUDGET: the run's length fitted after the first epoch, kept across resumes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import engine
+from configs import ConfigError, derive, get_config
+from engine.optim import build_schedule, epochs_within_budget
+from tests.engine.engine_helpers import SHORT_RUN, TINY_SWIN
+
+# 32 images, batch 8: 4 updates per epoch; at most 5 epochs, 1 of warmup
+OPTS = TINY_SWIN + SHORT_RUN + ["TRAIN.EPOCHS", "5", "MODEL.DROP_PATH_RATE", "0.1"]
+
+
+def test_epochs_within_budget():
+    # 100 s left after the first epoch, 30 s an epoch: 3 more
+    assert epochs_within_budget(200, 100, 30, 1, 2, 20) == 4
+    assert epochs_within_budget(200, 100, 30, 1, 2, 3) == 3  # never more than TRAIN.EPOCHS
+    assert epochs_within_budget(200, 250, 30, 1, 2, 20) == 2  # over budget: warmup plus one epoch of decay
+    assert epochs_within_budget(200, 250, 30, 1, 2, 1) == 1
+    assert epochs_within_budget(200, 100, 0, 1, 2, 20) == 20
+
+
+def test_budget_needs_a_warmup_epoch_for_cosine():
+    with pytest.raises(ConfigError, match="TRAIN.WARMUP_EPOCHS >= 1"):
+        get_config(None, ["TRAIN.TIME_BUDGET", "10", "TRAIN.WARMUP_EPOCHS", "0"])
+    with pytest.raises(ConfigError, match="minutes and must be >= 0"):
+        get_config(None, ["TRAIN.TIME_BUDGET", "-1"])
+    get_config(None, ["TRAIN.TIME_BUDGET", "10", "TRAIN.WARMUP_EPOCHS", "0", "TRAIN.LR_SCHEDULER.NAME", "step"])
+
+
+def _run(tmp_path, *opts: str) -> str:
+    cfg = get_config(None, OPTS + ["OUTPUT", str(tmp_path)] + list(opts))
+    assert engine.run(cfg) == 0
+    return os.path.join(str(tmp_path), cfg.MODEL.NAME, cfg.TAG)
+
+
+def _records(run_dir: str, kind: str) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def test_a_spent_budget_ends_after_warmup_plus_one_epoch_and_resumes_with_that_length(tmp_path):
+    run_dir = _run(tmp_path, "TRAIN.TIME_BUDGET", "1e-6")
+    epochs = _records(run_dir, "epoch")
+    assert [r["epoch"] for r in epochs] == [0, 1] and epochs[0]["planned_epochs"] == 2
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        assert json.load(f)["epochs"] == 2
+    final = torch.load(os.path.join(run_dir, "ckpt_epoch_1.pth"), weights_only=True, map_location="cpu")
+    assert final["planned_epochs"] == 2
+    # the decay ran over the 2 planned epochs, not over TRAIN.EPOCHS
+    cfg = get_config(None, OPTS)
+    planned, full = build_schedule(cfg, derive(cfg), 4, 2), build_schedule(cfg, derive(cfg), 4)
+    last = _records(run_dir, "step")[-1]  # logged after update 7, the run's last
+    assert last["step"] == 8 and last["lr"] == pytest.approx(planned.lr_at(7), rel=1e-6) != full.lr_at(7)
+
+    # resumed after epoch 0 with a budget that would now allow every epoch: the saved length stands, and the
+    # weights end bitwise equal
+    os.remove(os.path.join(run_dir, "ckpt_epoch_1.pth"))
+    shutil.move(os.path.join(run_dir, "eval.json"), str(tmp_path / "first_eval.json"))
+    _run(tmp_path, "TRAIN.TIME_BUDGET", "1000")
+    again = torch.load(os.path.join(run_dir, "ckpt_epoch_1.pth"), weights_only=True, map_location="cpu")
+    assert not os.path.exists(os.path.join(run_dir, "ckpt_epoch_2.pth"))
+    for k, v in final["model"].items():
+        assert torch.equal(again["model"][k], v), k
+
+
+def test_an_ample_budget_trains_every_epoch(tmp_path):
+    run_dir = _run(tmp_path, "TRAIN.TIME_BUDGET", "1000", "TRAIN.EPOCHS", "3")
+    assert [r["epoch"] for r in _records(run_dir, "epoch")] == [0, 1, 2]
+    assert _records(run_dir, "epoch")[0]["planned_epochs"] == 3
