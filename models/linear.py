@@ -1,7 +1,8 @@
 """nn.Linear and the transformer MLP with CPU matmuls routed through oneDNN.
 
-In float32 on CPU, F.linear runs on MKL's sgemm, which on some CPUs (AMD EPYC among them) reaches about half of
-what oneDNN's inner-product kernels reach for the same shapes. `Linear` calls oneDNN directly for the forward
+In float32 on CPU, F.linear runs on MKL's sgemm, which with AVX-512 kernels (measured on AMD EPYC) reaches about
+half of what oneDNN's inner-product kernels reach for the same shapes; with AVX2 kernels it is the other way
+round (benchmarks/README.md). So where torch runs AVX-512 kernels, `Linear` calls oneDNN directly for the forward
 and both gradients when that is safe (see `onednn_eligible`) and falls back to F.linear otherwise, so
 other dtypes and devices, torch.compile and dispatch modes (FLOP counting, fake tensors) see the usual ops.
 Under CPU bf16 autocast, inference (nothing for autograd to record, see `onednn_bf16_eligible`) also runs on
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from .cpu import cpu_capability
+
 log = logging.getLogger(__name__)
 
 
@@ -26,6 +29,12 @@ log = logging.getLogger(__name__)
 def onednn_available() -> bool:
     """Whether this torch build has oneDNN and its fused linear op (mkldnn::_linear_pointwise)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_fp32_pays() -> bool:
+    """Whether fp32 linears are faster on oneDNN than on F.linear here: with AVX-512 kernels (not with AVX2, nor
+    on CPUs where it was never measured)."""
+    return cpu_capability().startswith("AVX512")
 
 
 def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -42,12 +51,14 @@ def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when a linear layer on x may run on oneDNN with the same result as F.linear: float32 input and
-    weight, no CPU autocast (it must see F.linear to cast it), and `_onednn_usable`."""
+    """True when a linear layer on x may run on oneDNN with the same result as F.linear, and gains from it:
+    float32 input and weight, no CPU autocast (it must see F.linear to cast it), `_onednn_usable` and
+    `onednn_fp32_pays`."""
     return (
         x.dtype == torch.float32 and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
         and _onednn_usable(x, weight)
+        and onednn_fp32_pays()
     )
 
 

@@ -21,7 +21,9 @@ needs_onednn_bf16 = pytest.mark.skipif(
 
 @pytest.fixture
 def onednn_calls(monkeypatch):
-    """Counts the oneDNN calls as (attr, algorithm) while still running them."""
+    """Counts the oneDNN calls as (attr, algorithm) while still running them; the fp32 route is taken on every
+    CPU (the kernels exist everywhere; `onednn_fp32_pays` only decides where it is the default)."""
+    monkeypatch.setattr(linear_mod, "onednn_fp32_pays", lambda: True)
     calls = []
     real = linear_mod._lp
 
@@ -189,6 +191,22 @@ def test_mlp_does_not_fuse_past_hooks_or_in_autocast_training(onednn_calls):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # training under autocast: F.linear, as autocast casts it
         assert ours(torch.randn(3, 16)).dtype == torch.bfloat16
     assert onednn_calls == []
+
+
+@pytest.mark.parametrize("capability, pays", [("AVX512", True), ("AVX512_BF16", True), ("AVX2", False),
+                                             ("DEFAULT", False), ("SVE256", False)])
+def test_fp32_route_follows_the_vector_isa(monkeypatch, capability, pays):
+    calls = []
+    real = linear_mod._lp
+    monkeypatch.setattr(linear_mod, "_lp", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(linear_mod, "cpu_capability", lambda: capability)
+    assert linear_mod.onednn_fp32_pays() is pays
+    ours, ref = _twins(8, 12)
+    x = torch.randn(4, 8)
+    y = ours(x)
+    assert len(calls) == int(pays)
+    if not pays:
+        assert torch.equal(y, ref(x))  # F.linear itself
 
 
 BF16_TOL = dict(rtol=1.6e-2, atol=1e-2)  # a bf16 rounding or two of O(1) values
