@@ -32,6 +32,7 @@ from torch import nn  # noqa: E402
 import models  # noqa: E402
 from engine.report import device_name  # noqa: E402
 from models.build import resolve_attn_impl  # noqa: E402
+from models.cpu import cpu_bf16_native, cpu_capability  # noqa: E402
 
 SETTINGS = ("train_fp32", "train_bf16", "infer_fp32", "infer_bf16")
 IMPLS = ("ours", "ours_eager", "ours_sdpa", "ours_compiled", "timm", "torchvision")
@@ -249,7 +250,10 @@ def run(args: argparse.Namespace) -> dict:
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "host": platform.node(),
         "load_average": _load(), **_git_state(), "settings": {}, "ratios": {},
+        "skipped_settings": args.skipped_settings,
     }
+    if device.type == "cpu":
+        result.update(cpu_capability=cpu_capability(), bf16_native=cpu_bf16_native())
     import timm
     import torchvision
 
@@ -301,7 +305,9 @@ def format_table(result: dict) -> str:
     impls = result["impls"]
     ratio_keys = sorted({k for r in result["ratios"].values() for k in r})
     head = f"{'setting':<12}" + "".join(f"{i:>15}" for i in impls) + "".join(f"{k:>22}" for k in ratio_keys)
-    lines = [f"{result['model']} on {result['device_name']} ({result['device']}), batch {result['batch']}, "
+    isa = f", {result['cpu_capability']}, bf16 {'native' if result['bf16_native'] else 'emulated'}" \
+        if "cpu_capability" in result else ""
+    lines = [f"{result['model']} on {result['device_name']} ({result['device']}{isa}), batch {result['batch']}, "
              f"{result['threads']} threads, torch {result['torch']}: images/s (median)", head]
     for setting, timed in result["settings"].items():
         lines.append(f"{setting:<12}" + "".join(f"{timed[i]['img_per_s']:>15.2f}" for i in impls)
@@ -312,6 +318,9 @@ def format_table(result: dict) -> str:
     if result["device"] == "cpu" and load > result["threads"] + 0.5:
         lines.append(f"note: load average {load:.1f} > {result['threads']} threads: other processes competed for the "
                      f"cores; the implementations took turns, so the ratios hold better than the absolute img/s")
+    if result.get("skipped_settings"):
+        lines.append(f"skipped {' '.join(result['skipped_settings'])}: bf16 is emulated on this CPU (several times "
+                     "slower than fp32, not a setting anyone trains in here); --settings runs them anyway")
     for setting, c in result.get("matmul_ceiling", {}).items():
         lines.append(f"{setting}: {c['impl']} spends {100 * c['matmul_share']:.0f}% of its step in matrix kernels: "
                      f"same matrix products at the same kernel speed can be at most {c['ceiling']:.2f}x faster")
@@ -332,7 +341,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, help="timed iterations per round (default 1 on CPU, 5 on CUDA)")
     p.add_argument("--repeats", type=int, help="rounds of turns (default 5 on CPU, 3 on CUDA)")
     p.add_argument("--warmup", type=int, help="untimed iterations first (default 1 on CPU, 3 on CUDA)")
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    p.add_argument("--settings", nargs="+", choices=SETTINGS,
+                   help="default: all, except the bf16 ones on a CPU that only emulates bf16")
     p.add_argument("--impls", nargs="+", choices=IMPLS, help="implementations (default: ours timm torchvision, "
                    "on CUDA also the other attention kernel)")
     p.add_argument("--compile", action="store_true", help="add torch.compile of ours (ours_compiled)")
@@ -350,9 +360,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             setattr(args, key, cuda_value if cuda else cpu_value)
     if cuda and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    cpu = torch.device(args.device).type == "cpu"
+    args.skipped_settings = []
+    if args.settings is None:
+        args.settings = list(SETTINGS)
+        if cpu and not cpu_bf16_native():
+            args.skipped_settings = [s for s in SETTINGS if s.endswith("bf16")]
+            args.settings = [s for s in SETTINGS if s not in args.skipped_settings]
     if args.save and not args.json:
         root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-        args.json = os.path.join(root, f"{torch.device(args.device).type}-{args.model}.json")
+        # CPU results are per vector ISA: cpu-avx2-..., cpu-avx512-...
+        kind = f"cpu-{cpu_capability().lower()}" if cpu else torch.device(args.device).type
+        args.json = os.path.join(root, f"{kind}-{args.model}.json")
     return args
 
 

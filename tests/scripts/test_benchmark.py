@@ -16,7 +16,11 @@ def test_benchmark_writes_every_setting_and_ratio(tmp_path):
     r = json.loads(out.read_text())
     assert r["batch"] == 2 and r["threads"] == 1 and r["device"] == "cpu" and r["device_name"]
     assert r["torch"] == torch.__version__ and r["timm"] and r["torchvision"] and r["date"]
-    assert set(r["settings"]) == set(benchmark.SETTINGS)
+    assert r["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert r["bf16_native"] is benchmark.cpu_bf16_native()
+    skipped = [] if r["bf16_native"] else ["train_bf16", "infer_bf16"]  # emulated bf16 is skipped by default
+    assert r["skipped_settings"] == skipped
+    assert set(r["settings"]) == set(benchmark.SETTINGS) - set(skipped)
     for setting, timed in r["settings"].items():
         assert set(timed) == {"ours", "timm", "torchvision"}
         for rec in timed.values():
@@ -24,12 +28,22 @@ def test_benchmark_writes_every_setting_and_ratio(tmp_path):
         for base in ("timm", "torchvision"):
             assert r["ratios"][setting][f"ours/{base}"] == pytest.approx(
                 timed["ours"]["img_per_s"] / timed[base]["img_per_s"])
-    assert set(r["matmul_ceiling"]) == set(benchmark.SETTINGS)
+    assert set(r["matmul_ceiling"]) == set(r["settings"])
     for c in r["matmul_ceiling"].values():
         assert c["impl"] == "timm" and 0 < c["matmul_share"] < 1 and c["ceiling"] == pytest.approx(1 / c["matmul_share"], rel=1e-2)
     mem = r["activation_memory"]["bytes_per_image"]
     assert 0 < mem["checkpoint"] < mem["no_checkpoint"]
     assert mem["reduction"] == pytest.approx(1 - mem["checkpoint"] / mem["no_checkpoint"])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_default_settings_follow_the_cpu(monkeypatch, native):
+    monkeypatch.setattr(benchmark, "cpu_bf16_native", lambda: native)
+    monkeypatch.setattr(benchmark, "cpu_capability", lambda: "AVX512" if native else "AVX2")
+    args = benchmark.parse_args(["--save"])
+    assert args.settings == (list(benchmark.SETTINGS) if native else ["train_fp32", "infer_fp32"])
+    assert args.json.endswith(f"cpu-{'avx512' if native else 'avx2'}-swin_tiny_patch4_window7_224.json")
+    assert benchmark.parse_args(["--settings", "train_bf16"]).settings == ["train_bf16"]  # asked for: run
 
 
 def test_implementations_build_the_same_architecture():
