@@ -2,6 +2,7 @@
 
 (Named logging_utils, not logging, so `from engine import logging` can never shadow the standard library.)
 Only rank 0 writes files; other ranks print warnings and errors to the console, prefixed with their rank.
+Records logged with `extra=FILE_ONLY` (the resolved config, derived values) go to log.txt, not the console.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
+FILE_ONLY = {"file_only": True}  # pass as `extra=` for what belongs in log.txt only
 _FORMAT = "[%(asctime)s %(name)s] (%(filename)s %(lineno)d): %(levelname)s %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
 
@@ -41,6 +43,7 @@ def setup_logging(run_dir: str, rank: int) -> None:
     console = _RunStreamHandler(sys.stdout)
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     console.setFormatter(fmt)
+    console.addFilter(lambda record: not getattr(record, "file_only", False))
     root.addHandler(console)
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)

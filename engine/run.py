@@ -16,6 +16,7 @@ message (no traceback) when a collective fails because another rank died or hung
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from engine.distributed import (DistInfo, StopRequest, broadcast_object, cleanup
                                 setup_distributed, signal_name)
 from engine.ema import build_ema
 from engine.evaluate import EvalResult, evaluate
-from engine.logging_utils import MetricsWriter, close_logging, setup_logging
+from engine.logging_utils import FILE_ONLY, MetricsWriter, close_logging, setup_logging
 from engine.optim import build_optimizer, build_schedule, epochs_within_budget, steps_per_epoch
 from engine.state import Progress, checkpoint_state, gather_rng_states, restore_state, restore_weights_for_eval
 from engine.throughput import measure_throughput
@@ -46,6 +47,12 @@ from engine.train import NonFiniteTrainingError, TrainContext, TrainState, build
 from models.weights import WeightsError, load_weights
 
 log = logging.getLogger(__name__)
+
+# DDP: buffers are not broadcast in every forward (each rank keeps its own BatchNorm statistics, as timm and the
+# official release do); newer torch names the option forward_sync_buffers and deprecates broadcast_buffers
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
 
 # Errors a user can cause: reported as one message and exit code 1, without a traceback.
 USER_ERRORS = (ConfigError, data.DataError, ckpt_io.CheckpointError, WeightsError, NonFiniteTrainingError)
@@ -117,8 +124,8 @@ def _write_run_files(cfg: CfgNode, derived: Derived) -> None:
         f.write(dump_config(cfg))
     with open(os.path.join(derived.run_dir, "derived.json"), "w", encoding="utf-8") as f:
         json.dump(derived.as_dict(), f, indent=2)
-    log.info("config:\n%s", dump_config(cfg))
-    log.info("derived: %s", json.dumps(derived.as_dict()))
+    log.info("config:\n%s", dump_config(cfg), extra=FILE_ONLY)
+    log.info("derived: %s", json.dumps(derived.as_dict()), extra=FILE_ONLY)
 
 
 def _resume_path(cfg: CfgNode, info: DistInfo, run_dir: str) -> str:
@@ -170,7 +177,7 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
     optimizer = build_optimizer(cfg, raw, derived.base_lr, info.device)
     if info.world_size > 1:  # also broadcasts rank 0's weights, so build the EMA after this
         model = DistributedDataParallel(
-            raw, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False
+            raw, device_ids=[info.device.index] if info.device.type == "cuda" else None, **_NO_BUFFER_SYNC
         )
     ema = build_ema(cfg, raw)
     if cfg.TRAIN.COMPILE:
