@@ -257,7 +257,7 @@ def remove_stale_temp_files(run_dir: str) -> list[str]:
 
 
 def capture_rng_state() -> dict:
-    """This process's random-number state (python, numpy, torch CPU, every CUDA device) as plain data.
+    """This process's random-number state (python, numpy, torch CPU, its current CUDA device) as plain data.
 
     Everything is a list, number or tensor so the checkpoint still loads with weights_only=True.
     """
@@ -275,7 +275,9 @@ def capture_rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # only this rank's own device: with all GPUs visible to every rank, restoring every device's state would
+        # let the ranks overwrite each other's generators in whatever order they get there
+        state["cuda"] = [torch.cuda.get_rng_state(torch.cuda.current_device())]
     return state
 
 
@@ -290,13 +292,13 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].to(torch.uint8))
     saved_cuda = state.get("cuda")
     if saved_cuda and torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        if len(saved_cuda) != count:
-            log.warning(
-                "Checkpoint holds CUDA RNG states for %d devices, this process sees %d; restoring the first %d.",
-                len(saved_cuda), count, min(count, len(saved_cuda)),
-            )
-        for i, s in enumerate(saved_cuda[:count]):
-            torch.cuda.set_rng_state(s.to(torch.uint8), device=i)
+        device = torch.cuda.current_device()
+        # one state: this rank's device; several: an older checkpoint with every visible device, indexed by device
+        own = saved_cuda[0] if len(saved_cuda) == 1 else saved_cuda[device] if device < len(saved_cuda) else None
+        if own is None:
+            log.warning("Checkpoint holds CUDA RNG states for %d devices, none for device %d; it is not restored.",
+                        len(saved_cuda), device)
+        else:
+            torch.cuda.set_rng_state(own.to(torch.uint8), device=device)
     elif saved_cuda:
         log.warning("Checkpoint holds CUDA RNG states but CUDA is not available; they are not restored.")

@@ -272,10 +272,37 @@ def test_cuda_rng_round_trip_through_a_checkpoint(tmp_path):
     torch.cuda.manual_seed_all(5)
     torch.rand(3, device="cuda")  # advance the generator's offset
     state = capture_rng_state()
-    assert len(state["cuda"]) == torch.cuda.device_count()
-    expected = [torch.rand(4, device=f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    assert len(state["cuda"]) == 1  # this process's device only
+    expected = torch.rand(4, device="cuda")
     save_checkpoint(str(tmp_path / "rng.pth"), {"model": {}, "rng": [state]})
     torch.cuda.manual_seed_all(123)
     restore_rng_state(load_checkpoint(str(tmp_path / "rng.pth"))["rng"][0])
-    for i, e in enumerate(expected):
-        assert torch.equal(torch.rand(4, device=f"cuda:{i}"), e)
+    assert torch.equal(torch.rand(4, device="cuda"), expected)
+
+
+class _FakeCuda:
+    """torch.cuda's RNG calls on a fake machine with 4 devices, this process bound to `device`."""
+
+    def __init__(self, device: int) -> None:
+        self.device, self.states, self.set_calls = device, {i: torch.full((8,), i, dtype=torch.uint8) for i in range(4)}, []
+
+    def install(self, monkeypatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.device)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: self.states[device].clone())
+        monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: self.set_calls.append((device, s.clone())))
+
+
+@pytest.mark.parametrize("device", [0, 2])
+def test_each_rank_saves_and_restores_its_own_cuda_device_only(monkeypatch, device):
+    fake = _FakeCuda(device)
+    fake.install(monkeypatch)
+    state = capture_rng_state()
+    assert len(state["cuda"]) == 1 and torch.equal(state["cuda"][0], fake.states[device])
+    restore_rng_state(state)
+    assert len(fake.set_calls) == 1 and fake.set_calls[0][0] == device
+    assert torch.equal(fake.set_calls[0][1], fake.states[device])
+    # an older checkpoint held every visible device's state: only this rank's own is restored
+    fake.set_calls.clear()
+    restore_rng_state({**state, "cuda": [fake.states[i] for i in range(4)]})
+    assert [(d, int(s[0])) for d, s in fake.set_calls] == [(device, device)]
