@@ -159,6 +159,14 @@ def _validate(cfg: CN) -> None:
         raise ConfigError("AMP_OPT_LEVEL (apex) is not supported; remove it and use AMP_ENABLE / AMP_DTYPE.")
     if cfg.TRAIN.LAYER_DECAY != 1.0:
         raise ConfigError("TRAIN.LAYER_DECAY other than 1.0 is not supported by Swin v1 training; set it to 1.0.")
+    sched = cfg.TRAIN.LR_SCHEDULER
+    training = not (cfg.EVAL_MODE or cfg.THROUGHPUT_MODE)
+    if training and sched.NAME == "cosine" and cfg.TRAIN.EPOCHS <= (cfg.TRAIN.WARMUP_EPOCHS if sched.WARMUP_PREFIX else 0):
+        raise ConfigError(
+            f"TRAIN.WARMUP_EPOCHS {cfg.TRAIN.WARMUP_EPOCHS} >= TRAIN.EPOCHS {cfg.TRAIN.EPOCHS} leaves no cosine decay: "
+            f"lower TRAIN.WARMUP_EPOCHS (e.g. --opts TRAIN.WARMUP_EPOCHS {max(cfg.TRAIN.EPOCHS // 10, 0)}) or raise "
+            "TRAIN.EPOCHS."
+        )
     if cfg.TRAIN.TIME_BUDGET < 0:
         raise ConfigError(f"TRAIN.TIME_BUDGET is in minutes and must be >= 0 (0: off), got {cfg.TRAIN.TIME_BUDGET}.")
     if cfg.TRAIN.TIME_BUDGET > 0 and cfg.TRAIN.LR_SCHEDULER.NAME == "cosine" and cfg.TRAIN.WARMUP_EPOCHS < 1:

@@ -150,7 +150,7 @@ def test_official_yaml_resolves_like_ours(tmp_path):
 
 def test_base_inheritance_is_relative_and_ordered(tmp_path):
     (tmp_path / "sub").mkdir()
-    (tmp_path / "a.yaml").write_text("TRAIN:\n  EPOCHS: 7\n  BASE_LR: 1e-3\n")
+    (tmp_path / "a.yaml").write_text("TRAIN:\n  EPOCHS: 7\n  WARMUP_EPOCHS: 1\n  BASE_LR: 1e-3\n")
     (tmp_path / "sub" / "b.yaml").write_text("BASE: ['../a.yaml']\nTRAIN:\n  EPOCHS: 9\n")
     cfg = get_config(str(tmp_path / "sub" / "b.yaml"))
     assert (cfg.TRAIN.EPOCHS, cfg.TRAIN.BASE_LR) == (9, 1e-3)
@@ -211,11 +211,11 @@ def test_flags_override_opts(capsys):
 
 
 def test_print_config_round_trip(tmp_path, capsys):
-    args = ["--cfg", os.path.join(REPO, "configs", "swin_base.yaml"), "--batch-size", "32", "--opts", "TRAIN.EPOCHS", "5"]
+    args = ["--cfg", os.path.join(REPO, "configs", "swin_base.yaml"), "--batch-size", "32", "--opts", "TRAIN.EPOCHS", "50"]
     assert main(args + ["--print-config"]) == 0
     printed = capsys.readouterr().out
     (tmp_path / "config.yaml").write_text(printed)
-    first = get_config(os.path.join(REPO, "configs", "swin_base.yaml"), ["DATA.BATCH_SIZE", "32", "TRAIN.EPOCHS", "5"])
+    first = get_config(os.path.join(REPO, "configs", "swin_base.yaml"), ["DATA.BATCH_SIZE", "32", "TRAIN.EPOCHS", "50"])
     again = get_config(str(tmp_path / "config.yaml"))
     assert again == first and dump_config(again) == printed
     # Derived values are computed from the unscaled config both times: no double scaling.
@@ -230,3 +230,11 @@ def test_derived_values():
     assert d.warmup_lr == pytest.approx(1e-6) and d.num_classes == 10
     assert d.run_dir == os.path.join("output", "swin_tiny_patch4_window7_224", "default")
     assert cfg.TRAIN.BASE_LR == 5e-4  # never written back
+
+
+def test_warmup_longer_than_training_is_found_by_get_config_with_the_fix():
+    with pytest.raises(ConfigError, match=r"TRAIN.WARMUP_EPOCHS 20 >= TRAIN.EPOCHS 2 leaves no cosine decay: lower "
+                                          r"TRAIN.WARMUP_EPOCHS \(e.g. --opts TRAIN.WARMUP_EPOCHS 0\)"):
+        get_config(None, ["TRAIN.EPOCHS", "2"])
+    get_config(None, ["TRAIN.EPOCHS", "2", "EVAL_MODE", "True"])  # nothing is trained: no schedule to check
+    get_config(None, ["TRAIN.EPOCHS", "2", "TRAIN.LR_SCHEDULER.NAME", "step"])

@@ -62,6 +62,19 @@ def _start(tmp_path, python: str):
     return proc, log
 
 
+def _stop(proc: subprocess.Popen, log, signum: int, forwarded: str) -> None:
+    """Signal the batch script as SLURM would; it must pass `forwarded` on to the tasks, requeue and exit 0."""
+    try:
+        proc.send_signal(signum)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert (log / "scancel.args").read_text().split() == [f"--signal={forwarded}", "4242"]
+    assert (log / "srun.signals").read_text().split() == [f"got-{forwarded}"]
+    assert "requeue 4242" in (log / "scontrol.args").read_text()
+
+
 def _torchrun_args(srun_args: list[str]) -> list[str]:
     i = srun_args.index("torch.distributed.run")
     assert srun_args[i - 1] == "-m"
@@ -71,37 +84,22 @@ def _torchrun_args(srun_args: list[str]) -> list[str]:
 @pytest.mark.parametrize("stop_with", [signal.SIGUSR1, signal.SIGTERM])
 def test_torchrun_line_parses_and_a_stop_reaches_the_tasks_and_requeues(tmp_path, stop_with):
     proc, log = _start(tmp_path, sys.executable)
-    try:
-        srun_args = (log / "srun.args").read_text().splitlines()
-        assert "--cpus-per-task=64" in srun_args and "--kill-on-bad-exit=1" in srun_args
-        args = get_args_parser().parse_args(_torchrun_args(srun_args))
-        assert (args.nnodes, args.nproc_per_node, args.rdzv_id, args.rdzv_endpoint) == ("2", "8", "4242", "node-a:29500")
-        assert args.training_script == "main.py"
-        assert args.training_script_args == ["--cfg", "configs/swin_tiny.yaml", "--data-path", "/data/imagenet",
-                                             "--tag", "t"]
-        assert "SIGUSR1" in args.signals_to_handle and args.shutdown_timeout == 120  # this torch has both
-        proc.send_signal(stop_with)  # SLURM: USR1 before the time limit, TERM at preemption
-        out = proc.communicate(timeout=60)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, out
-    assert (log / "scancel.args").read_text().split() == ["--signal=USR1", "4242"]
-    assert (log / "srun.signals").read_text().split() == ["got-USR1"]
-    assert "requeue 4242" in (log / "scontrol.args").read_text()
+    srun_args = (log / "srun.args").read_text().splitlines()
+    assert "--cpus-per-task=64" in srun_args and "--kill-on-bad-exit=1" in srun_args
+    args = get_args_parser().parse_args(_torchrun_args(srun_args))
+    assert (args.nnodes, args.nproc_per_node, args.rdzv_id, args.rdzv_endpoint) == ("2", "8", "4242", "node-a:29500")
+    assert args.training_script == "main.py"
+    assert args.training_script_args == ["--cfg", "configs/swin_tiny.yaml", "--data-path", "/data/imagenet",
+                                         "--tag", "t"]
+    assert "SIGUSR1" in args.signals_to_handle and args.shutdown_timeout == 120  # this torch has both
+    _stop(proc, log, stop_with, "USR1")  # SLURM: USR1 before the time limit, TERM at preemption
 
 
 def test_older_torchrun_gets_its_own_flags_and_term(tmp_path):
     python = tmp_path / "python-old-torch"
     _stub(python, OLD_TORCH_PYTHON)
     proc, log = _start(tmp_path, str(python))
-    try:
-        torchrun_args = _torchrun_args((log / "srun.args").read_text().splitlines())
-        assert not any("signals" in a or "shutdown" in a for a in torchrun_args)
-        assert get_args_parser().parse_args(torchrun_args).training_script == "main.py"
-        proc.send_signal(signal.SIGUSR1)
-        out = proc.communicate(timeout=60)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, out
-    assert (log / "scancel.args").read_text().split() == ["--signal=TERM", "4242"]
-    assert (log / "srun.signals").read_text().split() == ["got-TERM"]
+    torchrun_args = _torchrun_args((log / "srun.args").read_text().splitlines())
+    assert not any("signals" in a or "shutdown" in a for a in torchrun_args)
+    assert get_args_parser().parse_args(torchrun_args).training_script == "main.py"
+    _stop(proc, log, signal.SIGUSR1, "TERM")
