@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
@@ -181,16 +182,21 @@ def signal_name(signum: int) -> str:
 
 
 class StopRequest:
-    """SIGTERM/SIGUSR1 set a flag; `agreed()` tells every rank whether any rank got one.
+    """SIGTERM/SIGUSR1/SIGINT set a flag; `agreed()` tells every rank whether any rank got one.
 
+    Ctrl-C (SIGINT) stops like a preemption: the update finishes and the checkpoint to resume from is written. A
+    second Ctrl-C aborts at once (KeyboardInterrupt); one that comes within `REPEAT_S` of the first counts as the
+    same request, since torchrun passes the terminal's SIGINT on to ranks that already got it.
     Use as a context manager around training: the previous handlers come back on exit. Create it on every
     rank at the same point (under nccl it creates a gloo group, a collective).
     """
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+    REPEAT_S = 1.0
 
     def __init__(self, timeout_minutes: float = 30) -> None:
         self.received = 0  # number of the last stop signal this process got; 0: none
+        self._first_interrupt = 0.0  # time.monotonic() of the first SIGINT
         self._previous: dict[int, Any] = {}
         self._shielded: list[Any] = []  # loaders whose workers ignore the stop signals
         self._group = None
@@ -200,11 +206,20 @@ class StopRequest:
             self._group = dist.new_group(backend="gloo", timeout=timedelta(minutes=timeout_minutes))
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if self._first_interrupt and now - self._first_interrupt > self.REPEAT_S:
+                raise KeyboardInterrupt  # the second Ctrl-C: abort without saving
+            if not self._first_interrupt:
+                self._first_interrupt = now
+                if not _initialized() or dist.get_rank() == 0:  # every rank got it from the terminal: say it once
+                    log.warning("Ctrl-C: stopping after this update and saving a checkpoint to resume from; "
+                                "press Ctrl-C again to abort without saving.")
         self.received = signum  # only a flag: the training loop acts on it after the current update
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is not threading.main_thread():
-            log.warning("Not on the main thread: SIGTERM/SIGUSR1 will not stop training gracefully.")
+            log.warning("Not on the main thread: SIGTERM/SIGUSR1/SIGINT will not stop training gracefully.")
             return self
         for name in self.SIGNALS:
             sig = getattr(signal, name, None)  # Windows has no SIGUSR1

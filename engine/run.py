@@ -77,6 +77,9 @@ def run(cfg: CfgNode) -> int:
     except USER_ERRORS as e:
         log.error("%s", e)  # before logging is set up, Python's last-resort handler prints it to stderr
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it: nothing was saved
+        log.error("Interrupted; nothing was saved since the last checkpoint.")
+        return 130
     except RuntimeError as e:  # a dead or hung peer: its own log holds the cause, a traceback here is noise
         message = peer_failure_message(e, int(os.environ.get("RANK", 0)))
         if message is None:
@@ -174,6 +177,11 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
         load_weights(raw, cfg.MODEL.PRETRAINED, mode="finetune")  # logs what it loaded, resized, remapped
     elif cfg.MODEL.PRETRAINED:
         log.info("MODEL.PRETRAINED is ignored: resuming from %s", resume)
+    if info.is_main and derived.total_batch < 32:
+        log.warning("Linear LR scaling: TRAIN.BASE_LR %g is per 512 images, so %d images per update train at %.2e, "
+                    "where little may be learned; raise --batch-size or --accumulation-steps, or set TRAIN.BASE_LR "
+                    "(and WARMUP_LR, MIN_LR) %dx higher to train at the rate of 512 images per update.",
+                    cfg.TRAIN.BASE_LR, derived.total_batch, derived.base_lr, round(512 / derived.total_batch))
     optimizer = build_optimizer(cfg, raw, derived.base_lr, info.device)
     if info.world_size > 1:  # also broadcasts rank 0's weights, so build the EMA after this
         model = DistributedDataParallel(

@@ -41,17 +41,22 @@ def _interrupt(cmd: list[str], log: str, directory: str, min_step: int, send) ->
     return code, out, time.monotonic() - sent
 
 
-def test_sigusr1_to_one_rank_stops_both_mid_epoch_and_resume_is_bitwise_exact(tmp_path):
+def _two_process_stop(tmp_path, send) -> tuple[list[str], str, str, int, str, float]:
+    """An uninterrupted 2-process run, then the same run stopped by send(torchrun's Popen) in epoch 1; returns
+    (command, run directory, the uninterrupted run's directory, exit code, output, seconds to stop)."""
     baseline, out = str(tmp_path / "baseline"), str(tmp_path / "preempted")
     cmd = main_cmd(out, *OPTS, procs=2)
     code, text = finish(start(main_cmd(baseline, *OPTS, procs=2), str(tmp_path / "baseline.log")),
                         str(tmp_path / "baseline.log"))
     assert code == 0, text[-3000:]
-    d = run_dir(out)
+    code, text, seconds = _interrupt(cmd, str(tmp_path / "a.log"), run_dir(out), UPDATES + 2, send)
+    return cmd, run_dir(out), run_dir(baseline), code, text, seconds
 
+
+def test_sigusr1_to_one_rank_stops_both_mid_epoch_and_resume_is_bitwise_exact(tmp_path):
     # SIGUSR1 (SLURM's early warning) to rank 1 only: rank 0 must learn of it and stop after the same update.
-    code, text, seconds = _interrupt(cmd, str(tmp_path / "a.log"), d, UPDATES + 2,
-                                     lambda p: os.kill(rank_pid(p, 1), signal.SIGUSR1))
+    cmd, d, baseline, code, text, seconds = _two_process_stop(
+        tmp_path, lambda p: os.kill(rank_pid(p, 1), signal.SIGUSR1))
     assert code == 0, text[-3000:]  # torchrun's exit code: both workers exited 0
     assert seconds < 60
     path, step = _stopped_checkpoint(d, 1)
@@ -68,7 +73,7 @@ def test_sigusr1_to_one_rank_stops_both_mid_epoch_and_resume_is_bitwise_exact(tm
     assert code == 0, text[-3000:]
     assert f"resumed from {path} (epoch 1 after {micro} of 32 micro-batches, step {step})" in text
     assert sorted(n for n in os.listdir(d) if n.endswith(".pth")) == ["ckpt_epoch_0.pth", "ckpt_epoch_1.pth"]
-    assert_bitwise_equal(os.path.join(d, "ckpt_epoch_1.pth"), os.path.join(run_dir(baseline), "ckpt_epoch_1.pth"))
+    assert_bitwise_equal(os.path.join(d, "ckpt_epoch_1.pth"), os.path.join(baseline, "ckpt_epoch_1.pth"))
 
 
 def _send_when(directory: str, min_step: int, signum: int) -> threading.Thread:
@@ -82,8 +87,10 @@ def _send_when(directory: str, min_step: int, signum: int) -> threading.Thread:
     return thread
 
 
-def test_sigterm_in_a_single_process_run_saves_mid_epoch_and_resumes_exactly(tmp_path):
-    """engine.run in this process, so the three runs cost no interpreter start-up; the signal is real."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_in_a_single_process_run_saves_mid_epoch_and_resumes_exactly(tmp_path, signum):
+    """engine.run in this process, so the three runs cost no interpreter start-up; the signal is real. Ctrl-C
+    (SIGINT) stops like SIGTERM."""
     opts = ["DATA.SYNTHETIC_TRAIN_SIZE", "192", "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0"]  # 24 updates
     cfg = lambda output: get_config(None, RUN_OPTS + opts + ["OUTPUT", output])  # noqa: E731
     assert engine.run(cfg(str(tmp_path / "baseline"))) == 0
@@ -93,18 +100,50 @@ def test_sigterm_in_a_single_process_run_saves_mid_epoch_and_resumes_exactly(tmp
     def late(signum, frame) -> None:  # in place outside the run: a late signal must not end pytest
         caught.append(signum)
 
-    before = signal.signal(signal.SIGTERM, late)
+    before = signal.signal(signum, late)
     try:
-        watcher = _send_when(d, 3, signal.SIGTERM)
+        watcher = _send_when(d, 3, signum)
         assert engine.run(cfg(str(tmp_path / "preempted"))) == 0
         watcher.join(TIMEOUT)
-        assert signal.getsignal(signal.SIGTERM) is late, "the run must restore the previous handler"
+        assert signal.getsignal(signum) is late, "the run must restore the previous handler"
         assert not caught, "the signal came after the run had ended"
     finally:
-        signal.signal(signal.SIGTERM, before)
+        signal.signal(signum, before)
     path, step = _stopped_checkpoint(d, 0)
     assert 3 <= step < 24
     assert engine.run(cfg(str(tmp_path / "preempted"))) == 0
     assert f"resumed from {path}" in open(os.path.join(d, "log.txt")).read()
     assert_bitwise_equal(os.path.join(d, "ckpt_epoch_0.pth"),
                          os.path.join(run_dir(str(tmp_path / "baseline")), "ckpt_epoch_0.pth"))
+
+
+def test_ctrl_c_to_a_two_process_job_stops_it_with_a_checkpoint_and_resume_is_bitwise_exact(tmp_path):
+    """What a terminal does on Ctrl-C: SIGINT to torchrun and both ranks (the whole process group); torchrun
+    passes it on to the ranks a second time."""
+    cmd, d, baseline, code, text, seconds = _two_process_stop(tmp_path, lambda p: os.killpg(p.pid, signal.SIGINT))
+    assert seconds < 60, text[-3000:]
+    path, step = _stopped_checkpoint(d, 1)
+    assert f"Stopping on SIGINT (update {step}, part way through epoch 1); saved {path}" in text
+    assert text.count("Ctrl-C: stopping after this update") == 1, text[-3000:]  # said once, by rank 0
+    # the ranks exit 0; torchrun itself reports the SIGINT it got (its own traceback, exit code 1)
+    assert code == 1 and "KeyboardInterrupt" not in text, text[-3000:]
+    assert text.count("Traceback") == 1 and "SignalException: Process" in text.split("Traceback", 1)[1], text[-3000:]
+    code, text = finish(start(cmd, str(tmp_path / "b.log")), str(tmp_path / "b.log"))
+    assert code == 0, text[-3000:]
+    assert f"resumed from {path}" in text
+    assert_bitwise_equal(os.path.join(d, "ckpt_epoch_1.pth"), os.path.join(baseline, "ckpt_epoch_1.pth"))
+
+
+def test_a_second_ctrl_c_aborts_and_an_echo_of_the_first_does_not(monkeypatch):
+    from engine import distributed
+
+    clock = [100.0]
+    monkeypatch.setattr(distributed.time, "monotonic", lambda: clock[0])
+    stop = distributed.StopRequest()
+    stop._handle(signal.SIGINT, None)
+    clock[0] += 0.2  # torchrun's copy of the same Ctrl-C
+    stop._handle(signal.SIGINT, None)
+    assert stop.received == signal.SIGINT
+    clock[0] += 5.0
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
