@@ -5,8 +5,8 @@ half of what oneDNN's inner-product kernels reach for the same shapes; with AVX2
 round (benchmarks/README.md). So where torch runs AVX-512 kernels, `Linear` calls oneDNN directly for the forward
 and both gradients when that is safe (see `onednn_eligible`) and falls back to F.linear otherwise, so
 other dtypes and devices, torch.compile and dispatch modes (FLOP counting, fake tensors) see the usual ops.
-Under CPU bf16 autocast, inference (nothing for autograd to record, see `onednn_bf16_eligible`) also runs on
-oneDNN, with the operands cast to bf16 as autocast casts them and the bias (and GELU in `Mlp`) applied inside
+On CPUs with native bf16, inference under bf16 autocast (nothing for autograd to record, see
+`onednn_bf16_eligible`) runs on oneDNN, with the operands cast to bf16 as autocast casts them and the bias (and GELU in `Mlp`) applied inside
 the matmul instead of as separate passes over the output; training under autocast keeps F.linear.
 Parameters, initialisation and state_dict keys are those of nn.Linear; results agree with it to rounding.
 `torch.backends.mkldnn.flags(enabled=False)` turns the oneDNN path off.
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from .cpu import cpu_capability
+from .cpu import cpu_bf16_native, cpu_capability
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def onednn_bf16_eligible(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         and not _records_graph(x, weight, bias)
         and _onednn_usable(x, weight)
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        and cpu_bf16_native()  # where oneDNN only emulates bf16 (or is limited to AVX2) F.linear stays
     )
 
 

@@ -10,13 +10,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import SwinTransformer
 from models import linear as linear_mod
+from models.cpu import cpu_bf16_native
 from models.linear import Linear, Mlp, onednn_available
 from tests.models.helpers import tiny_kwargs
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear op")
 needs_onednn_bf16 = pytest.mark.skipif(
-    not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-    reason="oneDNN has no bf16 kernels on this CPU (AVX2-only): bf16 linears run on F.linear here")
+    not cpu_bf16_native(), reason="bf16 is not native on this CPU (or torch runs below AVX-512 kernels here): "
+    "the bf16 inference route is off and bf16 linears run on F.linear")
 
 
 @pytest.fixture
