@@ -76,7 +76,8 @@ def test_counter_counts_each_saved_storage_once_and_skips_parameters():
 
 def test_save_path_and_device_defaults():
     args = benchmark.parse_args(["--save", "--model", "base"])
-    assert args.batch == 8 and args.json.endswith("benchmarks/cpu-base.json")
+    isa = torch.backends.cpu.get_cpu_capability().lower()
+    assert args.batch == 8 and args.json.endswith(f"benchmarks/cpu-{isa}-base.json")
     assert benchmark.arch_of("base") == benchmark.arch_of("swin_base_patch4_window7_224")
     with pytest.raises(SystemExit):
         benchmark.arch_of("resnet50")

@@ -31,7 +31,7 @@ def test_quickstart_trains_evaluates_and_never_overwrites(tmp_path):
     data.mkdir()
     _fake_fashion_mnist(str(data), n_train=256, n_test=70)
     env = dict(os.environ, DATA_DIR=str(data), OUTPUT=str(out), NPROC="2")
-    opts = ["--opts", "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0", "DATA.BATCH_SIZE", "32", "MODEL.SWIN.EMBED_DIM", "16",
+    opts = ["--opts", "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0", "TRAIN.TIME_BUDGET", "0", "DATA.BATCH_SIZE", "32", "MODEL.SWIN.EMBED_DIM", "16",
             "MODEL.SWIN.DEPTHS", "[2, 2]", "MODEL.SWIN.NUM_HEADS", "[1, 2]", "PRINT_FREQ", "2"]
     run_root = out / "swin_fmnist_patch2_window7_28"
     for tag in ("quickstart", "quickstart-2"):
