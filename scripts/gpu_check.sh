@@ -156,7 +156,8 @@ def run(impl, dtype, backend):
     return out.float().detach(), table.grad.float().clone(), out_eval.float()
 
 report, ok = {}, True
-for dname, dtype, tol in (("fp32", None, 1e-3), ("bf16", torch.bfloat16, 0.1)):
+# tolerances relative to max |logits| and max |bias-table gradient|
+for dname, dtype, tol, gtol in (("fp32", None, 1e-3, 1e-2), ("bf16", torch.bfloat16, 0.1, 0.25)):
     ref = run("eager", dtype, None)
     scale = max(ref[0].abs().max().item(), 1.0)
     gscale = max(ref[1].abs().max().item(), 1e-12)
@@ -167,7 +168,7 @@ for dname, dtype, tol in (("fp32", None, 1e-3), ("bf16", torch.bfloat16, 0.1)):
             report[f"{dname} {backend}"] = "unavailable: " + str(e).strip().splitlines()[0][:100]
             continue
         d = [(a - b).abs().max().item() for a, b in zip(got, ref)]
-        good = d[0] <= tol * scale and d[2] <= tol * scale and d[1] <= 10 * tol * gscale
+        good = d[0] <= tol * scale and d[2] <= tol * scale and d[1] <= gtol * gscale
         ok &= good  # every kernel that runs our attention must match it
         report[f"{dname} {backend}"] = (f"logits max|diff| train {d[0]:.2e} eval {d[2]:.2e} (|logits| {scale:.2f}), "
                                         f"bias grad {d[1]:.2e} (|grad| {gscale:.2e}) {'ok' if good else 'MISMATCH'}")
@@ -176,7 +177,7 @@ for k, v in report.items():
 fused = [k for k, v in report.items() if k.startswith("bf16") and "MATH" not in k and v.endswith(" ok")]
 print("bf16 fused kernels that ran and matched:", fused)
 json.dump(report, open(os.path.join(os.environ["OUT"], "sdpa_check.json"), "w"), indent=1)
-assert ok, "an SDPA kernel differs from the eager attention beyond the tolerance (fp32 1e-3, bf16 0.1 of |logits|)"
+assert ok, "an SDPA kernel differs from the eager attention beyond the tolerances"
 assert fused or dev.type == "cpu", "no fused SDPA kernel ran our attention in bf16"
 EOF
 
