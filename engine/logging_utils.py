@@ -86,21 +86,50 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _drop_records_after(path: str, step: int) -> None:
+    """Rewrite metrics.jsonl without the records of updates after `step` (and without a torn last line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return
+    keep = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if int(record.get("step", 0)) <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if len(keep) == len(lines):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+
+
 class MetricsWriter:
     """metrics.jsonl (one JSON object per line) and TensorBoard scalars; a no-op off rank 0."""
 
-    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool = True, resume_step: int | None = None) -> None:
+        """`resume_step`: the run resumes after that update, so records of later updates (written before the
+        stop or crash, and about to be written again) are dropped from metrics.jsonl and TensorBoard."""
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        path = os.path.join(run_dir, "metrics.jsonl")
+        if resume_step is not None:
+            _drop_records_after(path, resume_step)
+        self._jsonl = open(path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # slow import: only where it is used
 
-            self._tb = SummaryWriter(log_dir=run_dir)
+            # purge_step: TensorBoard hides the earlier events from that step on
+            self._tb = SummaryWriter(log_dir=run_dir, purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, record: dict) -> None:
         """Append `record` (needs 'kind' and 'step') and mirror its numbers to TensorBoard as <kind>/<key>."""

@@ -203,7 +203,8 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
         log.info("resumed from %s (%s, step %d)", resume, where, state.global_step)
     progress.started = started
     epochs = progress.planned_epochs or cfg.TRAIN.EPOCHS  # the length TRAIN.TIME_BUDGET fixed, once it has
-    with StopRequest(cfg.DIST_TIMEOUT) as stop, MetricsWriter(derived.run_dir, info.is_main) as metrics:
+    with (StopRequest(cfg.DIST_TIMEOUT) as stop,
+          MetricsWriter(derived.run_dir, info.is_main, resume_step=state.global_step if resume else None) as metrics):
         stop.shield_workers(loaders.train_loader)
         stop.shield_workers(loaders.val_loader)
         ctx = TrainContext(
@@ -220,6 +221,12 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
 def _train_epochs(cfg: CfgNode, info: DistInfo, derived: Derived, model, raw, loaders, amp: AmpPolicy,
                   ctx: TrainContext, state: TrainState, progress: Progress, updates: int) -> int:
     """The epoch loop, then the final report; returns the exit code."""
+    report_path = os.path.join(derived.run_dir, "eval.json")
+    if state.epoch >= ctx.total_epochs and os.path.exists(report_path):
+        log.info("%s has finished all %d epochs and written %s: nothing to do. Train again under another --tag, or "
+                 "evaluate a checkpoint with --eval --resume CHECKPOINT.", derived.run_dir, ctx.total_epochs,
+                 report_path)
+        return 0
     budget = (f" (at most: TRAIN.TIME_BUDGET {cfg.TRAIN.TIME_BUDGET:g} min fixes the number after the first epoch)"
               if cfg.TRAIN.TIME_BUDGET > 0 and not progress.planned_epochs else "")
     log.info("start training: epochs %d-%d%s, %d updates per epoch, total batch %d, lr %.3e",

@@ -68,6 +68,10 @@ def test_run_then_resume_is_bitwise_exact_then_eval_and_throughput(tmp_path):
     shutil.move(os.path.join(run_dir, "ckpt_epoch_1.pth"), str(tmp_path / "uninterrupted.pth"))
     assert _run(tmp_path) == 0
     assert "resumed from" in open(os.path.join(run_dir, "log.txt")).read()
+    # the first run's records of epoch 1 were dropped when the second run resumed after epoch 0: no step twice
+    steps = [r["step"] for r in _records(run_dir) if r["kind"] == "step"]
+    assert steps == sorted(set(steps)) and steps[-1] == 8, steps
+    assert [r["epoch"] for r in _records(run_dir) if r["kind"] == "epoch"] == [0, 1]
     again = torch.load(os.path.join(run_dir, "ckpt_epoch_1.pth"), weights_only=True, map_location="cpu")
     for section in ("model", "ema"):
         for k, v in final[section].items():
@@ -76,6 +80,12 @@ def test_run_then_resume_is_bitwise_exact_then_eval_and_throughput(tmp_path):
         for k, v in s.items():
             assert torch.equal(again["optimizer"]["state"][pid][k], v), f"optimizer.{pid}.{k}"
     assert again["global_step"] == final["global_step"]
+
+    # The same command again: the run is finished, so nothing is trained, evaluated or rewritten.
+    before = (os.path.getmtime(os.path.join(run_dir, "eval.json")), len(_records(run_dir)))
+    assert _run(tmp_path) == 0
+    assert (os.path.getmtime(os.path.join(run_dir, "eval.json")), len(_records(run_dir))) == before
+    assert "has finished all 2 epochs" in open(os.path.join(run_dir, "log.txt")).read()
 
     # Evaluate the checkpoint alone: same counts as the run's final report (EMA weights, TEST.USE_EMA).
     assert _run(tmp_path, "EVAL_MODE", "True", "MODEL.RESUME", os.path.join(run_dir, "ckpt_epoch_1.pth"),
