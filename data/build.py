@@ -171,7 +171,8 @@ def _train_sampler(cfg, dataset: Dataset, rank: int, world_size: int) -> Sampler
     if cfg.AUG.REPEATED_AUG:
         if cfg.DATA.ZIP_MODE and cfg.DATA.CACHE_MODE == "part" and world_size > 1:
             log.warning("AUG.REPEATED_AUG sends images to every rank, so DATA.CACHE_MODE part serves only about "
-                        "1/%d of reads from memory; use CACHE_MODE full or no.", world_size)
+                        "1/%d of reads from memory; use CACHE_MODE full or no.", world_size,
+                        extra={"once_per_job": True})
         return RASampler(n, world_size, rank, cfg.SEED, cfg.AUG.REPEATED_AUG_REPEATS)
     if cfg.DATA.ZIP_MODE and cfg.DATA.CACHE_MODE == "part" and cfg.DATA.DATASET == "imagenet":
         return ShardTrainSampler(n, world_size, rank, cfg.SEED)

@@ -95,7 +95,7 @@ class RASampler(_TrainSampler):
             if num_selected == 0:  # DeiT's rule selects nothing below 256 images; keep one data set's worth
                 num_selected = max(1, num_items // world_size)
                 log.warning("Repeated augmentation on %d images (< 256): using %d samples per rank per epoch",
-                            num_items, num_selected)
+                            num_items, num_selected, extra={"once_per_job": True})
         self.num_samples = min(num_selected, self.stream_per_rank)
 
     def _indices(self) -> np.ndarray:

@@ -28,7 +28,8 @@ def _warn_jitter_ignored(cfg) -> None:
     aa = _auto_augment(cfg)
     if aa and _color_jitter(cfg) is not None and "3a" not in aa:
         log.warning("AUG.COLOR_JITTER=%s is a no-op while AUG.AUTO_AUGMENT=%s is on (as in timm and the official "
-                    "release); set AUG.AUTO_AUGMENT none to use colour jitter.", cfg.AUG.COLOR_JITTER, aa)
+                    "release); set AUG.AUTO_AUGMENT none to use colour jitter.", cfg.AUG.COLOR_JITTER, aa,
+                    extra={"once_per_job": True})
 
 
 def posterize_any_bits(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:

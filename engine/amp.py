@@ -16,6 +16,7 @@ import torch
 from yacs.config import CfgNode
 
 from configs import ConfigError
+from engine.logging_utils import ONCE_PER_JOB
 from models.cpu import cpu_bf16_native, cpu_description
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,6 @@ def resolve_amp(cfg: CfgNode, device: torch.device) -> AmpPolicy:
         raise ConfigError(f"AMP_DTYPE bfloat16 is not supported on {device}; use AMP_DTYPE float16 or auto.")
     if dtype == torch.bfloat16 and device.type == "cpu" and not native:
         log.warning("AMP_DTYPE bfloat16 on %s: bfloat16 is emulated there and runs several times slower than "
-                    "float32; AMP_DTYPE auto or --disable_amp trains in float32", where)
+                    "float32; AMP_DTYPE auto or --disable_amp trains in float32", where, extra=ONCE_PER_JOB)
         return AmpPolicy(True, dtype, device.type, f"AMP_DTYPE bfloat16 (emulated on {where})")
     return AmpPolicy(True, dtype, device.type, f"AMP_DTYPE {choice} on {where}")

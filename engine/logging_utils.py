@@ -3,6 +3,8 @@
 (Named logging_utils, not logging, so `from engine import logging` can never shadow the standard library.)
 Only rank 0 writes files; other ranks print warnings and errors to the console, prefixed with their rank.
 Records logged with `extra=FILE_ONLY` (the resolved config, derived values) go to log.txt, not the console.
+Warnings that every rank would give alike (about the config, the precision, the sampler) carry
+`extra=ONCE_PER_JOB` (or the same dict literal, in packages below engine/): only rank 0 shows them.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 log = logging.getLogger(__name__)
 
 FILE_ONLY = {"file_only": True}  # pass as `extra=` for what belongs in log.txt only
+ONCE_PER_JOB = {"once_per_job": True}  # pass as `extra=` for warnings every rank would give alike
 _FORMAT = "[%(asctime)s %(name)s] (%(filename)s %(lineno)d): %(levelname)s %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
 
@@ -44,6 +47,8 @@ def setup_logging(run_dir: str, rank: int) -> None:
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     console.setFormatter(fmt)
     console.addFilter(lambda record: not getattr(record, "file_only", False))
+    if rank != 0:
+        console.addFilter(lambda record: not getattr(record, "once_per_job", False))
     root.addHandler(console)
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
