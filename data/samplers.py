@@ -143,3 +143,7 @@ class ExactEvalSampler(Sampler):
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.num_items, self.world_size))
+
+    def fewest(self) -> int:
+        """The indices of the rank that gets the fewest (the last one): as many as every rank has."""
+        return len(range(self.world_size - 1, self.num_items, self.world_size))

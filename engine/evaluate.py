@@ -8,6 +8,7 @@ percentages per rank, which is wrong when shards or batches differ in size.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -55,15 +56,27 @@ class EvalResult:
         }
 
 
+def _batches_on_every_rank(loader: Iterable) -> int:
+    """How many batches every rank's share of the validation set has (0 when the loader cannot tell)."""
+    fewest = getattr(getattr(loader, "sampler", None), "fewest", None)
+    batch_size = getattr(loader, "batch_size", None)
+    return math.ceil(fewest() / batch_size) if fewest is not None and batch_size else 0
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Iterable, device: torch.device, amp: AmpPolicy, print_freq: int = 0,
-    prepare: Callable | None = None,
-) -> EvalResult:
+    prepare: Callable | None = None, stop: Callable[[], int] | None = None,
+) -> EvalResult | None:
     """Loss, top-1 and top-5 counts of `model` over `loader` on every rank, summed across ranks. `prepare`
-    (Loaders.val_prepare) turns each image batch into the model's input once it is on the device."""
+    (Loaders.val_prepare) turns each image batch into the model's input once it is on the device.
+
+    `stop` (StopRequest.agreed, a collective) is asked after each of the batches that every rank has; when a rank
+    got a stop signal, evaluation ends there on every rank and None is returned, so a preempted job does not wait
+    for the whole validation set."""
     was_training = model.training
     model.eval()
+    checks = _batches_on_every_rank(loader) if stop is not None else 0
     # float64 sums: exact integer counts up to 2**53 images, and a loss sum that does not drift.
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, correct1, correct5, images
     start = time.perf_counter()
@@ -84,6 +97,9 @@ def evaluate(
         totals[3] += targets.numel()
         if print_freq and idx % print_freq == 0:
             log.info("Test: [%d/%d] %.3fs", idx, len(loader), time.perf_counter() - start)
+        if idx < checks and stop():
+            model.train(was_training)
+            return None
     all_reduce_sum(totals)
     loss_sum, c1, c5, n = totals.tolist()
     model.train(was_training)

@@ -9,9 +9,9 @@ uninterrupted one (same device, processes and workers).
 Preemption (SIGTERM, or SIGUSR1 from SLURM's --signal): every rank finishes its current optimizer update, the
 ranks agree to stop after the same one, rank 0 saves ckpt_epoch_<N>_step_<S>.pth with the position inside the
 epoch and every rank's RNG state, and the process exits 0; the same command resumes from that update, bitwise
-as exact as from an epoch boundary. The ranks check after every update and once after each epoch's evaluation
-(then the epoch's own checkpoint is the one to resume from), so a stop waits for at most one update or one
-evaluation, then the save. Every rank ends with rank 0's message when a save fails, and with one clear
+as exact as from an epoch boundary. The ranks check after every update and, while the finished epoch is evaluated,
+after every validation batch that every rank has (then evaluation ends early and the epoch's own checkpoint, without
+its evaluation, is the one to resume from), so a stop waits for at most one update or one batch, then the save. Every rank ends with rank 0's message when a save fails, and with one clear
 message (no traceback) when a collective fails because another rank died or hung (DIST_TIMEOUT).
 """
 from __future__ import annotations
@@ -269,7 +269,9 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
         _save(cfg, info, derived, raw, ctx, state, progress, updates)
         _log_stop(ctx, state, progress, stats.stop_signal)
         return None
-    result = evaluate(raw, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare)
+    result = evaluate(raw, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare, stop=ctx.stop)
+    if result is None:
+        return _stop_in_evaluation(cfg, info, derived, raw, ctx, state, progress, updates)
     _log_eval(f"epoch {epoch}", result, len(loaders.val_set))
     record = {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss,
               "val_loss": result.loss, "top1_acc": result.top1_acc, "top1_err": result.top1_err,
@@ -277,7 +279,10 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
               "epoch_s": stats.seconds}
     reported, used_ema = result, False
     if ctx.ema is not None:
-        ema_result = evaluate(ctx.ema.module, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare)
+        ema_result = evaluate(ctx.ema.module, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare,
+                              stop=ctx.stop)
+        if ema_result is None:
+            return _stop_in_evaluation(cfg, info, derived, raw, ctx, state, progress, updates)
         _log_eval(f"epoch {epoch} EMA", ema_result, len(loaders.val_set))
         record.update({"ema_val_loss": ema_result.loss, "ema_top1_acc": ema_result.top1_acc,
                        "ema_top1_err": ema_result.top1_err, "ema_top5_acc": ema_result.top5_acc,
@@ -304,6 +309,17 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
         _log_stop(ctx, state, progress, stop_signal)
         return None
     return reported, used_ema
+
+
+def _stop_in_evaluation(cfg, info: DistInfo, derived: Derived, raw, ctx: TrainContext, state: TrainState,
+                        progress: Progress, updates: int) -> None:
+    """A stop signal came while the finished epoch was being evaluated: save the epoch (its evaluation is not
+    recorded) and end the run; returns None, as `_one_epoch` does for a stop."""
+    _save(cfg, info, derived, raw, ctx, state, progress, updates)
+    log.info("The stop signal came during epoch %d's evaluation: the epoch is saved, its evaluation is not.",
+             state.epoch)
+    _log_stop(ctx, state, progress, ctx.stop())
+    return None
 
 
 def _fit_to_budget(cfg: CfgNode, derived: Derived, ctx: TrainContext, progress: Progress, epoch: int,

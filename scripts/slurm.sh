@@ -5,8 +5,8 @@
 #
 # Two minutes before the time limit SLURM sends USR1 to this script; at preemption (or scancel) it sends TERM.
 # The script passes either on to every rank; every rank finishes its update, rank 0 saves a mid-epoch
-# checkpoint within seconds (a signal during evaluation takes effect when it ends), the ranks exit 0, and the job
-# requeues itself.
+# checkpoint within seconds (a signal during evaluation ends it early), the ranks exit 0, and the job requeues
+# itself.
 # The same command resumes from the run directory (TRAIN.AUTO_RESUME). Keep the --signal margin (120 s here)
 # above one update plus one checkpoint save; on a preemptible partition set the cluster's GraceTime likewise.
 #

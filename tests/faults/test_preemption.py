@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import threading
 import time
 
@@ -147,3 +148,44 @@ def test_a_second_ctrl_c_aborts_and_an_echo_of_the_first_does_not(monkeypatch):
     clock[0] += 5.0
     with pytest.raises(KeyboardInterrupt):
         stop._handle(signal.SIGINT, None)
+
+
+def test_a_stop_during_evaluation_ends_it_early_saves_the_epoch_and_resumes_exactly(tmp_path, monkeypatch):
+    """SIGTERM arrives while epoch 0 is being evaluated: evaluation stops after the batch in hand, epoch 0 is
+    saved (not its evaluation), and the resumed run ends bitwise equal to an uninterrupted one."""
+    run_module = sys.modules["engine.run"]  # the module (the package exports its run function as engine.run)
+    opts = ["DATA.SYNTHETIC_TRAIN_SIZE", "64", "DATA.SYNTHETIC_VAL_SIZE", "40", "TRAIN.EPOCHS", "2"]
+    cfg = lambda output: get_config(None, RUN_OPTS + opts + ["OUTPUT", output])  # noqa: E731
+    assert engine.run(cfg(str(tmp_path / "baseline"))) == 0
+    real_evaluate, batches_seen = run_module.evaluate, []
+
+    class SignalAtFirstBatch:
+        """The validation loader, sending this process SIGTERM as the first evaluation gets its first batch."""
+
+        def __init__(self, loader) -> None:
+            self.loader, self.sampler, self.batch_size = loader, loader.sampler, loader.batch_size
+
+        def __len__(self) -> int:
+            return len(self.loader)
+
+        def __iter__(self):
+            for batch in self.loader:
+                batches_seen.append(1)
+                if len(batches_seen) == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield batch
+
+    def evaluate_with_signal(model, loader, *args, **kwargs):
+        return real_evaluate(model, SignalAtFirstBatch(loader) if not batches_seen else loader, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "evaluate", evaluate_with_signal)
+    d = run_dir(str(tmp_path / "stopped"))
+    assert engine.run(cfg(str(tmp_path / "stopped"))) == 0
+    assert len(batches_seen) == 1, "evaluation went on after the stop"  # 40 images, batch 4: 10 batches
+    assert sorted(n for n in os.listdir(d) if n.endswith(".pth")) == ["ckpt_epoch_0.pth"]
+    log_text = open(os.path.join(d, "log.txt")).read()
+    assert "during epoch 0's evaluation: the epoch is saved" in log_text and "Stopping on SIGTERM" in log_text
+    monkeypatch.setattr(run_module, "evaluate", real_evaluate)
+    assert engine.run(cfg(str(tmp_path / "stopped"))) == 0
+    assert_bitwise_equal(os.path.join(d, "ckpt_epoch_1.pth"),
+                         os.path.join(run_dir(str(tmp_path / "baseline")), "ckpt_epoch_1.pth"))
