@@ -72,6 +72,8 @@ def flag_opts(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if len(args.opts) % 2:  # checked before the flags' own KEY VALUE pairs are appended
+            raise ConfigError(f"--opts needs KEY VALUE pairs; got an odd number of items: {list(args.opts)}")
         cfg = get_config(args.cfg, list(args.opts) + flag_opts(args))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -44,6 +44,10 @@ def _read_yaml(path: str, stack: tuple[str, ...]) -> list[tuple[str, dict]]:
     if path in stack:
         chain = " -> ".join(stack + (path,))
         raise ConfigError(f"BASE cycle in config files: {chain}. Remove one of the includes.")
+    if os.path.isdir(path):
+        yamls = sorted(f for f in os.listdir(path) if f.endswith((".yaml", ".yml")))
+        hint = f", e.g. {os.path.join(path, yamls[0])}" if yamls else ""
+        raise ConfigError(f"Config file {path} is a folder: pass one YAML file in it to --cfg{hint}.")
     if not os.path.isfile(path):
         raise ConfigError(f"Config file not found: {path}. Pass an existing YAML file to --cfg.")
     try:

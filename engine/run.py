@@ -44,6 +44,7 @@ from engine.optim import build_optimizer, build_schedule, epochs_within_budget, 
 from engine.state import Progress, checkpoint_state, gather_rng_states, restore_state, restore_weights_for_eval
 from engine.throughput import measure_throughput
 from engine.train import NonFiniteTrainingError, TrainContext, TrainState, build_criterion, train_one_epoch
+from models.build import UnknownModelError
 from models.weights import WeightsError, load_weights
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
                    else {"broadcast_buffers": False})
 
 # Errors a user can cause: reported as one message and exit code 1, without a traceback.
-USER_ERRORS = (ConfigError, data.DataError, ckpt_io.CheckpointError, WeightsError, NonFiniteTrainingError)
+USER_ERRORS = (ConfigError, data.DataError, ckpt_io.CheckpointError, WeightsError, NonFiniteTrainingError,
+               UnknownModelError)
 
 
 def seed_everything(seed: int) -> None:

@@ -32,6 +32,10 @@ def swin_kwargs(cfg: Any, device: Optional[torch.device] = None) -> Dict[str, An
     )
 
 
+class UnknownModelError(ValueError):
+    """MODEL.NAME names no timm model (MODEL.TYPE timm)."""
+
+
 def build_model(cfg: Any, device: Optional[torch.device] = None) -> nn.Module:
     """The model cfg.MODEL.TYPE names: "swin" (architecture from MODEL.SWIN.*, never from MODEL.NAME) or "timm"
     (any timm model MODEL.NAME, for the paper's baselines). `device` only chooses the attention kernel."""
@@ -39,8 +43,14 @@ def build_model(cfg: Any, device: Optional[torch.device] = None) -> nn.Module:
     if kind == "swin":
         return SwinTransformer(**swin_kwargs(cfg, device))
     if kind == "timm":
+        import difflib
+
         import timm
 
+        if not timm.is_model(cfg.MODEL.NAME):
+            close = difflib.get_close_matches(cfg.MODEL.NAME, timm.list_models(), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else " `timm.list_models('pattern*')` lists them."
+            raise UnknownModelError(f"MODEL.NAME {cfg.MODEL.NAME!r} is not a timm model (MODEL.TYPE timm).{hint}")
         return timm.create_model(cfg.MODEL.NAME, pretrained=False, num_classes=cfg.MODEL.NUM_CLASSES,
                                  drop_rate=cfg.MODEL.DROP_RATE, drop_path_rate=cfg.MODEL.DROP_PATH_RATE)
     raise ValueError(f"MODEL.TYPE must be 'swin' or 'timm', got {kind!r}")

@@ -238,3 +238,14 @@ def test_warmup_longer_than_training_is_found_by_get_config_with_the_fix():
         get_config(None, ["TRAIN.EPOCHS", "2"])
     get_config(None, ["TRAIN.EPOCHS", "2", "EVAL_MODE", "True"])  # nothing is trained: no schedule to check
     get_config(None, ["TRAIN.EPOCHS", "2", "TRAIN.LR_SCHEDULER.NAME", "step"])
+
+
+def test_a_folder_given_to_cfg_names_a_file_to_use():
+    with pytest.raises(ConfigError, match=r"configs is a folder: pass one YAML file in it to --cfg, e.g. .*\.yaml"):
+        get_config(os.path.join(REPO, "configs"))
+
+
+def test_odd_opts_list_only_what_the_user_typed(capsys):
+    assert main(["--opts", "TRAIN.EPOCHS", "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "odd number of items: ['TRAIN.EPOCHS']" in err and "BATCH_SIZE" not in err

@@ -50,3 +50,11 @@ def test_unknown_type_is_one_clear_error():
     cfg.MODEL.TYPE = "vit"
     with pytest.raises(ValueError, match="MODEL.TYPE must be 'swin' or 'timm', got 'vit'"):
         build_model(cfg)
+
+
+def test_misspelled_timm_model_is_one_clear_error():
+    from models.build import UnknownModelError
+
+    cfg = get_config(opts=["MODEL.TYPE", "timm", "MODEL.NAME", "resnet19"])
+    with pytest.raises(UnknownModelError, match=r"'resnet19' is not a timm model .*Did you mean .*resnet18"):
+        build_model(cfg)
