@@ -12,6 +12,7 @@ last finished one, so tools that only know the official format restart epoch N f
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,7 @@ from engine.distributed import all_gather_object
 from engine.ema import ema_state, load_ema_state
 from engine.optim import steps_per_epoch
 from engine.train import TrainState
-from models.weights import load_weights
+from models.weights import WeightsError, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -162,5 +163,15 @@ def restore_weights_for_eval(ckpt: dict, path: str, model: nn.Module, use_ema: b
     if use_ema and not take_ema:
         log.warning("TEST.USE_EMA is set but checkpoint %s has no EMA weights; evaluating its model weights.", path)
     # load_weights also reads official/timm layouts (e.g. an official checkpoint passed to --resume --eval).
-    load_weights(model, ckpt["ema"] if take_ema else ckpt["model"], mode="exact")
+    try:
+        load_weights(model, ckpt["ema"] if take_ema else ckpt["model"], mode="exact")
+    except WeightsError as e:
+        saved = ckpt.get("config")
+        trained = ""
+        if isinstance(saved, str):  # this project's checkpoint: it holds the config it was trained with
+            config_yaml = os.path.join(os.path.dirname(os.path.abspath(path)), "config.yaml")
+            trained = (f" Its run's config is {config_yaml}: pass it to --cfg." if os.path.isfile(config_yaml) else
+                       " It holds the config it was trained with (its 'config' entry): save that to a file and pass "
+                       "it to --cfg.")
+        raise CheckpointError(f"Checkpoint {path} does not fit the model of this config.{trained}\n{e}") from None
     return take_ema

@@ -160,7 +160,8 @@ def load_weights(
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
             if keys:
                 parts.append(f"{title} ({len(keys)}): " + "; ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
-        parts.append("check the architecture (MODEL.SWIN.*) or use finetune mode for another window, size or head")
+        parts.append("check the architecture (MODEL.SWIN.*: pass the --cfg the weights were trained with), or train "
+                     "from them with --pretrained, which adapts another window size, image size or head")
         raise WeightsError("\n".join(parts))
     model.load_state_dict({k: sd[k] for k in target}, strict=True)
     report.loaded = [k for k in target if k not in report.reinitialized]

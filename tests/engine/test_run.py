@@ -95,6 +95,12 @@ def test_run_then_resume_is_bitwise_exact_then_eval_and_throughput(tmp_path):
     assert (ev_only["correct1"], ev_only["correct5"], ev_only["num_images"]) == (
         ev["correct1"], ev["correct5"], ev["num_images"])
     assert not any(n.startswith("ckpt") for n in os.listdir(tmp_path / "swin_tiny_patch4_window7_224" / "eval"))
+    # ... and with a config of another architecture: one error naming the file and the config to use
+    assert _run(tmp_path, "EVAL_MODE", "True", "MODEL.RESUME", os.path.join(run_dir, "ckpt_epoch_1.pth"),
+                "TAG", "eval2", "MODEL.SWIN.EMBED_DIM", "24") == 1
+    err = open(tmp_path / "swin_tiny_patch4_window7_224" / "eval2" / "log.txt").read()
+    assert (f"Checkpoint {os.path.join(run_dir, 'ckpt_epoch_1.pth')} does not fit the model of this config. Its "
+            f"run's config is {os.path.join(run_dir, 'config.yaml')}: pass it to --cfg.") in err
 
     assert _run(tmp_path, "THROUGHPUT_MODE", "True", "TAG", "speed") == 0
     speed = _records(str(tmp_path / "swin_tiny_patch4_window7_224" / "speed"))
