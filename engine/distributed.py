@@ -10,9 +10,9 @@ SIGTERM to its workers. `StopRequest` turns either signal into a flag and nothin
 asks `StopRequest.agreed()` after every optimizer update, a one-integer all_reduce(MAX) so that all ranks
 stop after the same update even when only one of them got the signal. That all_reduce runs on CPU over
 gloo (the default group under gloo, a side group under nccl), so it never waits for the GPU: the cost is one
-host round trip per update, not a device sync: tens of microseconds between local processes, and across
-nodes a ring of 2 x (ranks - 1) TCP messages, a few milliseconds at 64-128 ranks (small beside an update of
-Swin at that scale). The side group needs TCP between the nodes: GLOO_SOCKET_IFNAME names the interface
+host round trip per update, not a device sync: between local processes a small fraction of a millisecond, and
+across nodes a ring of 2 x (ranks - 1) small TCP messages, so its cost grows with the number of ranks (not yet
+measured on a cluster). The side group needs TCP between the nodes: GLOO_SOCKET_IFNAME names the interface
 when the default route's does not reach the other nodes.
 """
 from __future__ import annotations
