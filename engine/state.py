@@ -73,6 +73,7 @@ def checkpoint_state(
         out["epoch_progress"] = {
             "epoch": state.epoch, "micro_batches": state.epoch_batches, "batch_size": cfg.DATA.BATCH_SIZE,
             "accumulation_steps": cfg.TRAIN.ACCUMULATION_STEPS, "world_size": derived.world_size,
+            "loss_sum": state.epoch_loss[0], "loss_count": state.epoch_loss[1],
         }
     return out
 
@@ -119,6 +120,9 @@ def restore_state(
                     path, len(rng), derived.world_size)
     state = TrainState(epoch=int(ckpt["epoch"]) + 1, global_step=int(ckpt["global_step"]))
     state.epoch_batches = _mid_epoch_position(ckpt, path, cfg, derived, state.epoch, batches_per_epoch)
+    if state.epoch_batches:  # the loss of the part already trained, so the epoch's mean covers all of it
+        saved = ckpt["epoch_progress"]
+        state.epoch_loss = (float(saved.get("loss_sum", 0.0)), float(saved.get("loss_count", 0.0)))
     progress = Progress(max_accuracy=float(ckpt.get("max_accuracy", 0.0)), best_epoch=int(ckpt.get("best_epoch", -1)),
                         last_checkpoint=path, planned_epochs=int(ckpt.get("planned_epochs", 0)))
     return state, progress

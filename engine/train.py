@@ -80,6 +80,8 @@ class TrainState:
     epoch: int = 0
     global_step: int = 0  # optimizer updates made so far in the run (skipped ones included)
     epoch_batches: int = 0  # micro-batches of `epoch` consumed so far (> 0 when resuming mid-epoch)
+    # loss sum and count (over every rank) of those micro-batches, so a resumed epoch reports its whole mean
+    epoch_loss: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -239,15 +241,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, ctx: TrainContext, state
             break
 
     loss_sum, loss_count = all_reduce_sum(torch.stack([meters.loss_sum, meters.loss_count])).tolist()
+    loss_sum, loss_count = loss_sum + state.epoch_loss[0], loss_count + state.epoch_loss[1]  # the part before a stop
     bad_max, bad_total = meters.bad_max.item(), meters.bad_total.item()
     _check_bad(bad_max, bad_total, ctx, state)
     seconds = time.perf_counter() - start
     made = update_idx - first_update
     if stop_signal:
+        state.epoch_loss = (loss_sum, loss_count)
         log.info("EPOCH %d stopped after update %d of %d (%d micro-batches)", state.epoch, update_idx, updates,
                  state.epoch_batches)
     else:
-        state.epoch_batches = 0
+        state.epoch_batches, state.epoch_loss = 0, (0.0, 0.0)
         log.info("EPOCH %d training takes %s (%d updates, %d skipped)", state.epoch, format_seconds(seconds),
                  made, int(bad_total))
     return EpochStats(loss=loss_sum / loss_count if loss_count else float("nan"), updates=made,

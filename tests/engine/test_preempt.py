@@ -91,17 +91,18 @@ def test_mid_epoch_checkpoint_round_trip_and_changed_layout(caplog):
     derived = derive(cfg, 1, 10)
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    state = TrainState(epoch=3, global_step=40, epoch_batches=6)
+    state = TrainState(epoch=3, global_step=40, epoch_batches=6, epoch_loss=(13.5, 6.0))
     ckpt = checkpoint_state(cfg, derived, model, opt, None, None, state, Progress(), [ck.capture_rng_state()], 9)
     assert ckpt["epoch"] == 2 and ckpt["epoch_progress"] == {
-        "epoch": 3, "micro_batches": 6, "batch_size": 8, "accumulation_steps": 2, "world_size": 1}
+        "epoch": 3, "micro_batches": 6, "batch_size": 8, "accumulation_steps": 2, "world_size": 1,
+        "loss_sum": 13.5, "loss_count": 6.0}
     back, _ = restore_state(ckpt, "c.pth", 0, cfg, derived, model, opt, None, None, batches_per_epoch=18)
-    assert (back.epoch, back.global_step, back.epoch_batches) == (3, 40, 6)
+    assert (back.epoch, back.global_step, back.epoch_batches, back.epoch_loss) == (3, 40, 6, (13.5, 6.0))
 
     other = tiny_cfg("DATA.BATCH_SIZE", "4", "TRAIN.ACCUMULATION_STEPS", "2")
     with caplog.at_level(logging.WARNING):
         back, _ = restore_state(ckpt, "c.pth", 0, other, derive(other, 1, 10), model, opt, None, None, 36)
-    assert (back.epoch, back.global_step, back.epoch_batches) == (3, 40, 0)
+    assert (back.epoch, back.global_step, back.epoch_batches, back.epoch_loss) == (3, 40, 0, (0.0, 0.0))
     assert "batch_size 8 -> 4" in caplog.text and "epoch 3 restarts from its first batch" in caplog.text
 
 

@@ -3,6 +3,7 @@ update with a mid-epoch checkpoint and exit code 0, and the same command finishe
 uninterrupted one; SIGTERM does the same to a single-process run (which restores the previous handler)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -23,6 +24,11 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc"), reason="finds torch
 # Per rank and epoch: 256 / 2 images = 32 micro-batches of 4 = 16 updates (accumulation 2).
 OPTS = ["DATA.SYNTHETIC_TRAIN_SIZE", "256", "TRAIN.EPOCHS", "2"]
 UPDATES = 16
+
+
+def _records(directory: str) -> list[dict]:
+    with open(os.path.join(directory, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 def _stopped_checkpoint(directory: str, epoch: int) -> tuple[str, int]:
@@ -66,13 +72,19 @@ def test_sigusr1_to_one_rank_stops_both_mid_epoch_and_resume_is_bitwise_exact(tm
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == step and len(ckpt["rng"]) == 2
     micro = 2 * (step - UPDATES)
-    assert ckpt["epoch_progress"] == {"epoch": 1, "micro_batches": micro, "batch_size": 4,
-                                      "accumulation_steps": 2, "world_size": 2}
+    progress = dict(ckpt["epoch_progress"])
+    assert progress.pop("loss_count") == 2 * micro and progress.pop("loss_sum") > 0  # micro-batches of both ranks
+    assert progress == {"epoch": 1, "micro_batches": micro, "batch_size": 4, "accumulation_steps": 2,
+                        "world_size": 2}
 
     # The same command resumes after that update and ends bitwise equal to the uninterrupted run.
     code, text = finish(start(cmd, str(tmp_path / "b.log")), str(tmp_path / "b.log"))
     assert code == 0, text[-3000:]
     assert f"resumed from {path} (epoch 1 after {micro} of 32 micro-batches, step {step})" in text
+    # the interrupted epoch's train_loss is the mean over all of its micro-batches, as in the uninterrupted run
+    (resumed,), (uninterrupted,) = ([r["train_loss"] for r in _records(run_dir) if r["kind"] == "epoch" and
+                                     r["epoch"] == 1] for run_dir in (d, baseline))
+    assert resumed == pytest.approx(uninterrupted, rel=1e-6)
     assert sorted(n for n in os.listdir(d) if n.endswith(".pth")) == ["ckpt_epoch_0.pth", "ckpt_epoch_1.pth"]
     assert_bitwise_equal(os.path.join(d, "ckpt_epoch_1.pth"), os.path.join(baseline, "ckpt_epoch_1.pth"))
 
