@@ -80,6 +80,7 @@ _C.TRAIN.USE_CHECKPOINT = False  # gradient checkpointing (less memory, more com
 _C.TRAIN.KEEP_LAST = 3  # (new) epoch checkpoints kept besides the best one
 _C.TRAIN.MAX_BAD_STEPS = 20  # (new) consecutive non-finite steps before the run stops
 _C.TRAIN.COMPILE = False  # (new) wrap the model in torch.compile
+_C.TRAIN.DETERMINISTIC = False  # (new) repeatable GPU kernels (deterministic algorithms, no cuDNN autotuning), slower
 
 _C.TRAIN.LR_SCHEDULER = CN()
 _C.TRAIN.LR_SCHEDULER.NAME = "cosine"  # cosine | step | multistep

@@ -74,6 +74,9 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
 
 def run(cfg: CfgNode) -> int:
     """Run the job the frozen config describes; returns the process exit code."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if cfg.TRAIN.DETERMINISTIC:  # cuBLAS reads it when it creates its first handle: before any CUDA work
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
         return _run(cfg, setup_distributed(cfg.DEVICE, cfg.DIST_TIMEOUT))
     except USER_ERRORS as e:
@@ -89,6 +92,7 @@ def run(cfg: CfgNode) -> int:
         log.error("%s", message)
         return 1
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         close_logging()
         cleanup()
 
@@ -98,10 +102,7 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
     seed_everything(cfg.SEED + info.rank)
     run_dir = derive(cfg, info.world_size).run_dir
     setup_logging(run_dir, info.rank)
-    if info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    _choose_kernels(cfg, info.device)
     amp = resolve_amp(cfg, info.device)
     inference_only = bool(cfg.EVAL_MODE or cfg.THROUGHPUT_MODE)
     loaders = data.build_loaders(cfg, info.rank, info.world_size, info.device, eval_only=inference_only)
@@ -121,6 +122,20 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
     if cfg.EVAL_MODE:
         return _evaluate_only(cfg, info, derived, model, loaders, amp)
     return _train(cfg, info, derived, model, loaders, amp, started)
+
+
+def _choose_kernels(cfg: CfgNode, device: torch.device) -> None:
+    """TF32 matmuls on CUDA; cuDNN autotuning unless TRAIN.DETERMINISTIC, which also makes torch use deterministic
+    algorithms everywhere (the bias-table gather's backward sorts instead of adding atomically, SDPA's
+    memory-efficient backward runs its deterministic variant) and fail loudly on an op that has none."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = not cfg.TRAIN.DETERMINISTIC
+        torch.backends.cudnn.deterministic = bool(cfg.TRAIN.DETERMINISTIC)
+    torch.use_deterministic_algorithms(bool(cfg.TRAIN.DETERMINISTIC))
+    if cfg.TRAIN.DETERMINISTIC:
+        log.info("TRAIN.DETERMINISTIC: deterministic algorithms, cuDNN autotuning off")
 
 
 def _write_run_files(cfg: CfgNode, derived: Derived) -> None:

@@ -16,6 +16,7 @@
 #   (4) preempt_resume: SIGTERM to torchrun part way through an epoch, the same command resumes from the mid-epoch
 #       checkpoint; final weights against an uninterrupted run (bitwise in the dry run on CPU; on CUDA the max
 #       difference, bounded: cudnn.benchmark and atomic adds make GPU runs differ in the last bits)
+#   (4b) deterministic: two runs with TRAIN.DETERMINISTIC end bitwise equal; its cost in epoch time
 #   (5) amp_bf16 / amp_fp16: main.py training under bf16 and under fp16 autocast (GradScaler), losses finite
 #   (6) uint8_input / uint8_main: DeviceNormalize on the GPU against the CPU (bitwise), RandomErasing on the GPU,
 #       and main.py for one epoch on a tiny JPEG folder
@@ -52,7 +53,8 @@ else
 fi
 export NPROC
 PASSED=() FAILED=() SKIPPED=() NOT_APPLICABLE=()
-CORRECTNESS=(eval_after_training sdpa_kernels ddp_torchrun preempt_resume amp_bf16 amp_fp16 uint8_input uint8_main)
+CORRECTNESS=(eval_after_training sdpa_kernels ddp_torchrun preempt_resume deterministic amp_bf16 amp_fp16 uint8_input
+             uint8_main)
 
 # every process a step started: its command line names $WORK (scripts and run directories live there)
 reap() { pkill -KILL -f -- "$WORK" 2> /dev/null; sleep 1; pkill -KILL -f -- "$WORK" 2> /dev/null; true; }
@@ -293,6 +295,33 @@ for name, make in (("AdamW fused", lambda p: torch.optim.AdamW(p, lr=1e-2, fused
         assert diff <= 1e-5 * max(ref.abs().max().item(), 1.0), f"{name}: evaluation after training steps is stale"
 EOF
 
+cat > "$WORK/determinism_check.py" << 'EOF'
+"""argv: runs folder, OPTS...: two runs with TRAIN.DETERMINISTIC end bitwise equal; the option's cost in epoch time."""
+import json, os, subprocess, sys
+import torch
+
+runs, opts = sys.argv[1], sys.argv[2:]
+
+def run(tag, *extra):
+    cmd = [sys.executable, "main.py", "--device", os.environ["GC_DEVICE"], "--output", runs, "--tag", tag,
+           "--opts", *opts, *extra]
+    assert subprocess.run(cmd, timeout=600).returncode == 0, f"run {tag} failed"
+    d = os.path.join(runs, "swin_tiny_patch4_window7_224", tag)
+    epochs = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl")) if '"kind": "epoch"' in l]
+    last = max(int(n.split("_")[2].split(".")[0]) for n in os.listdir(d) if n.startswith("ckpt_epoch_"))
+    model = torch.load(os.path.join(d, f"ckpt_epoch_{last}.pth"), map_location="cpu", weights_only=True)["model"]
+    return model, [e["epoch_s"] for e in epochs]
+
+a, a_s = run("det_a", "TRAIN.DETERMINISTIC", "True")
+b, b_s = run("det_b", "TRAIN.DETERMINISTIC", "True")
+_, d_s = run("det_default")
+differ = [k for k in a if not torch.equal(a[k], b[k])]
+print(f"epoch seconds, deterministic {a_s} and {b_s}, default {d_s} (the first epoch includes start-up)")
+print(f"last-epoch cost of TRAIN.DETERMINISTIC: {a_s[-1] / d_s[-1]:.2f}x")
+assert not differ, f"{len(differ)} tensors differ between two deterministic runs, e.g. {differ[:3]}"
+print("two TRAIN.DETERMINISTIC runs: every weight bitwise equal")
+EOF
+
 cat > "$WORK/preempt_check.py" << 'EOF'
 """argv: runs folder, OPTS...: SIGTERM to torchrun mid-epoch, resume, final weights against an uninterrupted run."""
 import glob, json, os, signal, subprocess, sys, time
@@ -379,6 +408,12 @@ fi
 if needs_yacs preempt_resume; then
   check preempt_resume 240 python "$WORK/preempt_check.py" "$RUNS" "${TINY[@]}" DATA.SYNTHETIC_TRAIN_SIZE 512 \
     TRAIN.EPOCHS 2 TRAIN.WARMUP_EPOCHS 1 PRINT_FREQ 1 MODEL.DROP_PATH_RATE 0.1
+fi
+
+# (4b) TRAIN.DETERMINISTIC: two runs bitwise equal, and what the option costs
+if needs_yacs deterministic; then
+  check deterministic 240 python "$WORK/determinism_check.py" "$RUNS" "${TINY[@]}" TRAIN.EPOCHS 2 \
+    TRAIN.WARMUP_EPOCHS 1 MODEL.DROP_PATH_RATE 0.1
 fi
 
 # (5) mixed precision through the engine: bf16, and fp16 with its GradScaler

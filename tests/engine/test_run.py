@@ -146,3 +146,15 @@ def test_finetune_from_pretrained_weights(tmp_path, caplog):
     ckpt = torch.load(tmp_path / "swin_tiny_patch4_window7_224" / "ft" / "ckpt_epoch_0.pth", weights_only=True)
     assert ckpt["model"]["head.weight"].shape == (10, 16 * 2)
     assert ckpt["global_step"] == 2  # a fresh schedule
+
+
+def test_deterministic_option_runs_and_is_switched_off_after_the_run(tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert _run(tmp_path, "TRAIN.DETERMINISTIC", "True", "TAG", "a") == 0
+    assert _run(tmp_path, "TRAIN.DETERMINISTIC", "True", "TAG", "b") == 0
+    assert not torch.are_deterministic_algorithms_enabled()  # process-wide: restored when the run ends
+    runs = tmp_path / "swin_tiny_patch4_window7_224"
+    assert "TRAIN.DETERMINISTIC: deterministic algorithms" in (runs / "a" / "log.txt").read_text()
+    a, b = (torch.load(runs / t / "ckpt_epoch_1.pth", weights_only=True, map_location="cpu")["model"] for t in "ab")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
