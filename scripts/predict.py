@@ -6,7 +6,8 @@
 Without --cfg the config saved in the checkpoint is used (official checkpoints hold none: pass --cfg).
 The images go through the evaluation transform (resize, center crop, normalise). Class names: ImageNet's
 (from timm) for a 1000-class ImageNet model, the training folder names when DATA.DATA_PATH/train exists,
-Fashion-MNIST's for that data set, the class index otherwise.
+Fashion-MNIST's for that data set, the class index otherwise. An image that cannot be read is listed with its
+error and the others are still classified (exit code 1); a bad checkpoint, config or path ends it (exit code 2).
 """
 from __future__ import annotations
 
@@ -83,17 +84,25 @@ def load_config(cfg_file: str | None, ckpt: dict, ckpt_path: str, opts: list[str
 
 def predict(
     model: torch.nn.Module, transform, files: list[str], device: torch.device, topk: int, batch_size: int = 32
-) -> list[tuple[str, list[tuple[int, float]]]]:
-    """[(file, [(class index, probability), ...])] with the top-k classes of each image."""
-    out = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        x = torch.stack([transform(decode_rgb(f, f)) for f in chunk]).to(device)
+) -> list[tuple[str, list[tuple[int, float]] | str]]:
+    """[(file, [(class index, probability), ...])] with the top-k classes of each image, or (file, error message)
+    for an image that cannot be decoded: the others are still classified."""
+    decoded: list[tuple[str, torch.Tensor | str]] = []
+    for f in files:
+        try:
+            decoded.append((f, transform(decode_rgb(f, f))))
+        except DataError as e:
+            decoded.append((f, str(e)))
+    good = [(f, x) for f, x in decoded if not isinstance(x, str)]
+    top: dict[str, list[tuple[int, float]]] = {}
+    for start in range(0, len(good), batch_size):
+        chunk = good[start:start + batch_size]
+        x = torch.stack([t for _, t in chunk]).to(device)
         with torch.inference_mode():
             probs = model(x).float().softmax(dim=1)
         p, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
-        out += [(f, list(zip(i.tolist(), q.tolist()))) for f, i, q in zip(chunk, idx, p)]
-    return out
+        top.update({f: list(zip(i.tolist(), q.tolist())) for (f, _), i, q in zip(chunk, idx, p)})
+    return [(f, x if isinstance(x, str) else top[f]) for f, x in decoded]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,12 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DataError, WeightsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    failed = 0
     for path, top in results:
         print(path)
+        if isinstance(top, str):  # unreadable: said here, and in the exit code
+            failed += 1
+            print(f"  error: {top}")
+            continue
         for rank, (idx, prob) in enumerate(top, 1):
             label = names[idx] if names else f"class {idx}"
             print(f"  {rank}. {100 * prob:6.2f}%  {label} [{idx}]")
-    return 0
+    if failed:
+        print(f"error: {failed} of {len(results)} images could not be read (listed above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _weights(ckpt: dict, path: str, ema: bool) -> dict:

@@ -109,8 +109,14 @@ def test_errors_name_the_file(tmp_path, capsys):
     bad = tmp_path / "imgs" / "broken.png"
     bad.parent.mkdir()
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    assert predict.main(["--resume", ckpt, str(bad), "--device", "cpu"]) == 2
-    assert "broken.png" in capsys.readouterr().err
+    good = _images(str(tmp_path / "imgs"), 2)
+    # an unreadable image among good ones: named with its error, the others still classified, exit code 1
+    assert predict.main(["--resume", ckpt, good[0], str(bad), good[1], "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert "1 of 3 images could not be read" in captured.err
+    out = captured.out.splitlines()
+    assert out[out.index(str(bad)) + 1].startswith("  error: ") and "broken.png" in out[out.index(str(bad)) + 1]
+    assert all(out[out.index(g) + 1].startswith("  1. ") for g in good)
     assert predict.main(["--resume", ckpt, str(tmp_path / "nothing.jpg"), "--device", "cpu"]) == 2
     assert "nothing.jpg is neither" in capsys.readouterr().err
     assert predict.main(["--resume", str(tmp_path / "gone.pth"), str(bad), "--device", "cpu"]) == 2
