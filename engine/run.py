@@ -6,13 +6,14 @@ evaluate (and the EMA), log, checkpoint; finally eval.json + report.md. Everythi
 pure function of (SEED, rank, epoch), so a run resumed at an epoch boundary ends bitwise equal to an
 uninterrupted one (same device, processes and workers).
 
-Preemption (SIGTERM, or SIGUSR1 from SLURM's --signal): every rank finishes its current optimizer update, the
-ranks agree to stop after the same one, rank 0 saves ckpt_epoch_<N>_step_<S>.pth with the position inside the
-epoch and every rank's RNG state, and the process exits 0; the same command resumes from that update, bitwise
-as exact as from an epoch boundary. The ranks check after every update and, while the finished epoch is evaluated,
-after every validation batch that every rank has (then evaluation ends early and the epoch's own checkpoint, without
-its evaluation, is the one to resume from), so a stop waits for at most one update or one batch, then the save. Every rank ends with rank 0's message when a save fails, and with one clear
-message (no traceback) when a collective fails because another rank died or hung (DIST_TIMEOUT).
+Preemption and Ctrl-C (SIGTERM, SIGUSR1 from SLURM's --signal, SIGINT): every rank finishes its current optimizer
+update, the ranks agree to stop after the same one, rank 0 saves ckpt_epoch_<N>_step_<S>.pth with the position
+inside the epoch and every rank's RNG state, and the process exits 0; the same command resumes from that update,
+bitwise as exact as from an epoch boundary. The ranks check after every update and, while the finished epoch is
+evaluated, after every validation batch that every rank has (then evaluation ends early and the epoch's own
+checkpoint, without its evaluation, is the one to resume from), so a stop waits for at most one update or one
+batch, then the save. Every rank ends with rank 0's message when a save fails, and with one clear message (no
+traceback) when a collective fails because another rank died or hung (DIST_TIMEOUT).
 """
 from __future__ import annotations
 
@@ -225,7 +226,8 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
         stop.shield_workers(loaders.train_loader)
         stop.shield_workers(loaders.val_loader)
         ctx = TrainContext(
-            optimizer=optimizer, schedule=build_schedule(cfg, derived, updates, epochs), criterion=build_criterion(cfg, loaders.mixup_fn is not None),
+            optimizer=optimizer, schedule=build_schedule(cfg, derived, updates, epochs),
+            criterion=build_criterion(cfg, loaders.mixup_fn is not None),
             amp=amp, device=info.device, ema_source=raw, accumulation_steps=cfg.TRAIN.ACCUMULATION_STEPS,
             clip_grad=cfg.TRAIN.CLIP_GRAD, scaler=scaler, ema=ema, mixup_fn=loaders.mixup_fn,
             prepare=loaders.train_prepare, print_freq=cfg.PRINT_FREQ, max_bad_steps=cfg.TRAIN.MAX_BAD_STEPS,

@@ -6,8 +6,9 @@ round (benchmarks/README.md). So where torch runs AVX-512 kernels, `Linear` call
 and both gradients when that is safe (see `onednn_eligible`) and falls back to F.linear otherwise, so
 other dtypes and devices, torch.compile and dispatch modes (FLOP counting, fake tensors) see the usual ops.
 On CPUs with native bf16, inference under bf16 autocast (nothing for autograd to record, see
-`onednn_bf16_eligible`) runs on oneDNN, with the operands cast to bf16 as autocast casts them and the bias (and GELU in `Mlp`) applied inside
-the matmul instead of as separate passes over the output; training under autocast keeps F.linear.
+`onednn_bf16_eligible`) runs on oneDNN, with the operands cast to bf16 as autocast casts them and the bias (and
+GELU in `Mlp`) applied inside the matmul instead of as separate passes over the output; training under autocast
+keeps F.linear.
 Parameters, initialisation and state_dict keys are those of nn.Linear; results agree with it to rounding.
 `torch.backends.mkldnn.flags(enabled=False)` turns the oneDNN path off.
 """

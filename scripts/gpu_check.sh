@@ -87,7 +87,9 @@ echo "==== gpu_check $(date -Is) dry_run=$DRY out=$OUT budget=${BUDGET}s"
 git log -1 --format='commit %H %s' 2>/dev/null || true
 command -v nvidia-smi > /dev/null && nvidia-smi || echo "(no nvidia-smi)"
 PREREQ_OK=1
-python -c "import tensorboard" 2> /dev/null || { PREREQ_OK=0; echo "FAIL tensorboard: not importable (main.py needs it)"; }
+if ! python -c "import tensorboard" 2> /dev/null; then
+  PREREQ_OK=0; echo "FAIL tensorboard: not importable (main.py needs it)"
+fi
 python -c "import sys, torch, timm, torchvision; print('python', sys.version.split()[0], '| torch', torch.__version__,
 '| cuda', torch.version.cuda, '| cudnn', torch.backends.cudnn.version(), '| timm', timm.__version__,
 '| torchvision', torchvision.__version__, '| gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
@@ -377,7 +379,8 @@ export RUNS="$WORK/runs" WORK
 cat > "$WORK/main_run.sh" << 'EOF'
 # TAG DTYPE LAUNCHER(python|torchrun) OPTS...: main.py on $GC_DEVICE, then the eval.json / finite-loss check
 tag=$1 dtype=$2 launcher=(python)
-[ "$3" = torchrun ] && launcher=(env NCCL_DEBUG=INFO python -m torch.distributed.run --standalone --nproc_per_node="$NPROC")
+[ "$3" = torchrun ] && launcher=(env NCCL_DEBUG=INFO python -m torch.distributed.run --standalone
+                                 --nproc_per_node="$NPROC")
 shift 3
 "${launcher[@]}" main.py --device "$GC_DEVICE" --output "$RUNS" --tag "$tag" --opts "$@" \
   && python "$WORK/eval_ok.py" "$RUNS/swin_tiny_patch4_window7_224/$tag" "$dtype"
