@@ -124,6 +124,11 @@ def _num(value: float | None, digits: int) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _millions(value: float | None) -> str:
+    """Parameters in millions: one decimal, or two significant digits below 1M (a 0.57M model is not "0.6")."""
+    return _num(value, 1) if value is None or value >= 1 else f"{value:.2g}"
+
+
 def _diff(measured: float | None, published: float | None, digits: int) -> str:
     if measured is None or published is None:
         return "—"
@@ -141,7 +146,7 @@ def row_for(record: dict, run: str, ref: str = "paper", pretrain: str = "auto") 
     pub_params, pub_gflops, pub_err = (pub.params_m, pub.gflops, pub.top1_err) if pub else (None, None, None)
     return [
         method, str(record["img_size"]),
-        _num(params_m, 1), _num(pub_params, 1), _diff(params_m, pub_params, 1),
+        _millions(params_m), _num(pub_params, 1), _diff(params_m, pub_params, 1),
         _num(gflops, 2), _num(pub_gflops, 1), _diff(gflops, pub_gflops, 2),
         _num(err, 2), _num(pub_err, 1), _diff(err, pub_err, 2),
         run,

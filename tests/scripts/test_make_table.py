@@ -46,6 +46,13 @@ def test_markdown_against_the_paper(runs, capsys):
     assert len(lines) == 5
 
 
+def test_models_under_a_million_parameters_keep_two_significant_digits(tmp_path, capsys):
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "eval.json").write_text(json.dumps(_record("swin_fmnist", 28, 568_102, 0.022, 90.0)))
+    line = _run(capsys, tmp_path / "small").strip().splitlines()[2]
+    assert line.startswith("| swin_fmnist | 28 | 0.57 | — |"), line
+
+
 def test_csv_against_the_release_with_directory_search(runs, capsys):
     rows = list(csv.DictReader(io.StringIO(_run(capsys, runs, "--csv", "--ref", "release"))))
     assert [r["method"] for r in rows] == ["Swin-B (22K) (EMA)", "my_net", "Swin-T"]  # sorted run paths
