@@ -285,12 +285,10 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
     stats = train_one_epoch(model, loaders.train_loader, ctx, state)
     eval_start = time.monotonic()
     if stats.stop_signal:
-        _save(cfg, info, derived, raw, ctx, state, progress, updates)
-        _log_stop(ctx, state, progress, stats.stop_signal)
-        return None
+        return _save_and_stop(cfg, info, derived, raw, ctx, state, progress, updates, stats.stop_signal)
     result = evaluate(raw, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare, stop=ctx.stop)
-    if result is None:
-        return _stop_in_evaluation(cfg, info, derived, raw, ctx, state, progress, updates)
+    if result is None:  # a stop signal during evaluation: the epoch is saved, its evaluation is not
+        return _save_and_stop(cfg, info, derived, raw, ctx, state, progress, updates, ctx.stop(), evaluated=False)
     _log_eval(f"epoch {epoch}", result, len(loaders.val_set))
     record = {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss,
               "val_loss": result.loss, "top1_acc": result.top1_acc, "top1_err": result.top1_err,
@@ -301,7 +299,7 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
         ema_result = evaluate(ctx.ema.module, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare,
                               stop=ctx.stop)
         if ema_result is None:
-            return _stop_in_evaluation(cfg, info, derived, raw, ctx, state, progress, updates)
+            return _save_and_stop(cfg, info, derived, raw, ctx, state, progress, updates, ctx.stop(), evaluated=False)
         _log_eval(f"epoch {epoch} EMA", ema_result, len(loaders.val_set))
         record.update({"ema_val_loss": ema_result.loss, "ema_top1_acc": ema_result.top1_acc,
                        "ema_top1_err": ema_result.top1_err, "ema_top5_acc": ema_result.top5_acc,
@@ -312,7 +310,7 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
         # a resumed epoch trained only part of its batches: scale its training time to the whole epoch
         batches = len(loaders.train_loader)
         epoch_s = stats.seconds * batches / max(batches - resumed_at, 1) + time.monotonic() - eval_start
-        _fit_to_budget(cfg, derived, ctx, progress, epoch, epoch_s, steps_per_epoch(batches, ctx.accumulation_steps))
+        _fit_to_budget(cfg, derived, ctx, progress, epoch, epoch_s, updates)
         record["planned_epochs"] = ctx.total_epochs
     is_best = reported.top1_acc > progress.max_accuracy or progress.best_epoch < 0
     if is_best:
@@ -330,14 +328,12 @@ def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, 
     return reported, used_ema
 
 
-def _stop_in_evaluation(cfg, info: DistInfo, derived: Derived, raw, ctx: TrainContext, state: TrainState,
-                        progress: Progress, updates: int) -> None:
-    """A stop signal came while the finished epoch was being evaluated: save the epoch (its evaluation is not
-    recorded) and end the run; returns None, as `_one_epoch` does for a stop."""
+def _save_and_stop(cfg, info: DistInfo, derived: Derived, raw, ctx: TrainContext, state: TrainState,
+                   progress: Progress, updates: int, signum: int, evaluated: bool = True) -> None:
+    """A stop signal ended the epoch's training or its evaluation: save the checkpoint to resume from (mid-epoch,
+    or the finished epoch without its evaluation), say so, and return None as `_one_epoch` does for a stop."""
     _save(cfg, info, derived, raw, ctx, state, progress, updates)
-    log.info("The stop signal came during epoch %d's evaluation: the epoch is saved, its evaluation is not.",
-             state.epoch)
-    _log_stop(ctx, state, progress, ctx.stop())
+    _log_stop(ctx, state, progress, signum, evaluated)
     return None
 
 
@@ -389,8 +385,11 @@ def _save(cfg, info: DistInfo, derived: Derived, raw, ctx: TrainContext, state: 
             log.warning("Could not remove old checkpoints in %s: %s", run_dir, e)
 
 
-def _log_stop(ctx: TrainContext, state: TrainState, progress: Progress, signum: int) -> None:
+def _log_stop(ctx: TrainContext, state: TrainState, progress: Progress, signum: int, evaluated: bool = True) -> None:
     where = f"part way through epoch {state.epoch}" if state.epoch_batches else f"after epoch {state.epoch}"
+    if not evaluated:
+        log.info("The stop signal came during epoch %d's evaluation: the epoch is saved, its evaluation is not.",
+                 state.epoch)
     log.info("Stopping on %s (update %d, %s); saved %s. Run the same command again to resume from there.",
              signal_name(signum), state.global_step, where, progress.last_checkpoint)
     if ctx.metrics is not None:
