@@ -91,6 +91,15 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _read_records(path: str) -> list[dict]:
+    """The records of metrics.jsonl (none when it does not exist)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
 def _drop_records_after(path: str, step: int) -> None:
     """Rewrite metrics.jsonl without the records of updates after `step` (and without a torn last line)."""
     try:
@@ -119,7 +128,8 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str, enabled: bool, tensorboard: bool = True, resume_step: int | None = None) -> None:
         """`resume_step`: the run resumes after that update, so records of later updates (written before the
-        stop or crash, and about to be written again) are dropped from metrics.jsonl and TensorBoard."""
+        stop or crash, and about to be written again) are dropped from metrics.jsonl, and TensorBoard gets one
+        events file again: a new one, holding the kept records, replaces the earlier runs' files."""
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
@@ -129,12 +139,18 @@ class MetricsWriter:
         path = os.path.join(run_dir, "metrics.jsonl")
         if resume_step is not None:
             _drop_records_after(path, resume_step)
-        self._jsonl = open(path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # slow import: only where it is used
 
-            # purge_step: TensorBoard hides the earlier events from that step on
-            self._tb = SummaryWriter(log_dir=run_dir, purge_step=None if resume_step is None else resume_step + 1)
+            earlier = [os.path.join(run_dir, n) for n in os.listdir(run_dir) if n.startswith("events.out.tfevents.")]
+            self._tb = SummaryWriter(log_dir=run_dir)
+            if resume_step is not None and earlier:
+                for record in _read_records(path):  # what TensorBoard showed, up to the resumed update
+                    self._mirror(record)
+                self._tb.flush()
+                for old in earlier:  # only now: a crash before this point leaves two files, never none
+                    os.remove(old)
+        self._jsonl = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
         """Append `record` (needs 'kind' and 'step') and mirror its numbers to TensorBoard as <kind>/<key>."""
@@ -143,13 +159,17 @@ class MetricsWriter:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self._jsonl.write(json.dumps(clean) + "\n")
         self._jsonl.flush()
-        if self._tb is not None:
-            kind, step = record["kind"], int(record["step"])
-            for key, value in record.items():
-                if key not in ("kind", "step", "epoch") and _scalar(value):
-                    self._tb.add_scalar(f"{kind}/{key}", value, global_step=step)
-            if kind == "epoch":
-                self._tb.flush()
+        self._mirror(clean)
+        if self._tb is not None and record["kind"] == "epoch":
+            self._tb.flush()
+
+    def _mirror(self, record: dict) -> None:
+        if self._tb is None:
+            return
+        kind, step = record["kind"], int(record["step"])
+        for key, value in record.items():
+            if key not in ("kind", "step", "epoch") and _scalar(value):
+                self._tb.add_scalar(f"{kind}/{key}", value, global_step=step)
 
     def __enter__(self) -> "MetricsWriter":
         return self

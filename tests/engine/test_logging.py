@@ -28,3 +28,23 @@ def test_console_and_file_by_rank(tmp_path, capsys, rank):
         assert "config dump" in text and "progress line" in text
     else:
         assert "[rank 1]" in out and not os.path.exists(os.path.join(tmp_path, "log.txt"))
+
+
+def test_a_resumed_run_keeps_one_events_file_holding_each_step_once(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from engine.logging_utils import MetricsWriter
+
+    run_dir = str(tmp_path)
+    with MetricsWriter(run_dir, True) as metrics:
+        for step in range(1, 6):
+            metrics.write({"kind": "step", "step": step, "loss": float(step)})
+    with MetricsWriter(run_dir, True, resume_step=3) as metrics:  # steps 4 and 5 are trained again
+        for step in (4, 5):
+            metrics.write({"kind": "step", "step": step, "loss": 10.0 * step})
+    files = [n for n in os.listdir(run_dir) if n.startswith("events.out.tfevents.")]
+    assert len(files) == 1, files
+    events = EventAccumulator(os.path.join(run_dir, files[0]))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("step/loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0),
+                                                                         (5, 50.0)]
