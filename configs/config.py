@@ -186,6 +186,58 @@ def _validate(cfg: CN) -> None:
         )
 
 
+# The keys that make a model what it is (MODEL.SWIN.ATTN_IMPL only picks a kernel).
+MODEL_KEYS = ("MODEL.TYPE", "MODEL.NAME", "MODEL.SWIN", "DATA.IMG_SIZE")
+
+
+def with_model_of(cfg: CN, saved_yaml: str, source: str) -> tuple[CN, list[str]]:
+    """`cfg` with the model keys of a saved config (a checkpoint's 'config' entry, `source` names it) and the
+    keys that changed ("MODEL.SWIN.EMBED_DIM 96 -> 16"); `cfg` itself when none did."""
+    try:
+        saved = yaml.safe_load(saved_yaml) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"The config saved in {source} is not valid YAML: {e}") from None
+    picked: dict = {}
+    for key in MODEL_KEYS:
+        section, leaf = key.split(".")
+        if isinstance(saved.get(section), dict) and leaf in saved[section]:
+            picked.setdefault(section, {})[leaf] = saved[section][leaf]
+    if isinstance(picked.get("MODEL", {}).get("SWIN"), dict):
+        picked["MODEL"]["SWIN"].pop("ATTN_IMPL", None)
+    model = get_defaults()
+    _merge(model, picked, source)  # checked and coerced like any config
+    new = cfg.clone()
+    new.defrost()
+    changed = []
+    for key in _leaf_keys(picked):
+        mine, theirs = _get(cfg, key), _get(model, key)
+        if mine != theirs:
+            changed.append(f"{key} {mine} -> {theirs}")
+            _set(new, key, theirs)
+    new.freeze()
+    return (new, changed) if changed else (cfg, [])
+
+
+def _leaf_keys(nested: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in nested.items():
+        out += _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+def _get(node: CN, key: str) -> Any:
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _set(node: CN, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
 def dump_config(cfg: CN) -> str:
     """The resolved config as YAML: what --print-config prints and what config.yaml in a run holds."""
     return cfg.dump(sort_keys=True)
@@ -201,7 +253,8 @@ class Derived:
     warmup_lr: float  # TRAIN.WARMUP_LR scaled the same way
     min_lr: float  # TRAIN.MIN_LR scaled the same way
     num_classes: int  # classifier outputs (from the data when known)
-    run_dir: str  # <OUTPUT>/<MODEL.NAME>/<TAG>
+    model_name: str  # the name the run goes by: MODEL.NAME unless that claims a variant the config changed
+    run_dir: str  # <OUTPUT>/<model_name>/<TAG>, and its eval/ or throughput/ folder for those modes
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -212,9 +265,17 @@ def scale_lr(value: float, batch_size: int, world_size: int, accumulation_steps:
     return value * batch_size * world_size / 512.0 * accumulation_steps
 
 
-def derive(cfg: CN, world_size: int = 1, num_classes: int | None = None) -> Derived:
-    """Compute the derived values for a run with `world_size` processes."""
+def derive(cfg: CN, world_size: int = 1, num_classes: int | None = None, model_name: str | None = None) -> Derived:
+    """Compute the derived values for a run with `world_size` processes. `model_name`: the name the run goes by
+    (engine passes models.run_name's; default MODEL.NAME).
+
+    Evaluation-only and throughput runs write into the eval/ and throughput/ folders of the run directory the
+    same config trains in, so they never replace a training run's config.yaml, log or eval.json, and `--eval`
+    without `--resume` still finds that run's newest checkpoint (`train_dir`)."""
     bs, acc = cfg.DATA.BATCH_SIZE, cfg.TRAIN.ACCUMULATION_STEPS
+    name = model_name or cfg.MODEL.NAME
+    run_dir = train_dir(cfg, name)
+    mode = "throughput" if cfg.THROUGHPUT_MODE else "eval" if cfg.EVAL_MODE else ""
     return Derived(
         world_size=world_size,
         total_batch=bs * world_size * acc,
@@ -222,5 +283,11 @@ def derive(cfg: CN, world_size: int = 1, num_classes: int | None = None) -> Deri
         warmup_lr=scale_lr(cfg.TRAIN.WARMUP_LR, bs, world_size, acc),
         min_lr=scale_lr(cfg.TRAIN.MIN_LR, bs, world_size, acc),
         num_classes=cfg.MODEL.NUM_CLASSES if num_classes is None else num_classes,
-        run_dir=os.path.join(cfg.OUTPUT, cfg.MODEL.NAME, cfg.TAG),
+        model_name=name,
+        run_dir=os.path.join(run_dir, mode) if mode else run_dir,
     )
+
+
+def train_dir(cfg: CN, model_name: str | None = None) -> str:
+    """<OUTPUT>/<model name>/<TAG>: where the config's training run writes its checkpoints."""
+    return os.path.join(cfg.OUTPUT, model_name or cfg.MODEL.NAME, cfg.TAG)

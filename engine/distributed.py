@@ -18,6 +18,7 @@ when the default route's does not reach the other nodes.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import signal
@@ -171,6 +172,41 @@ def peer_failure_message(error: BaseException, rank: int) -> str | None:
             f"({type(error).__name__}: {first}). Another rank has most likely died or hung: its own error (and "
             "torchrun's summary of the first failed rank) names the cause. Fix that, then run the same command "
             "again to resume from the newest checkpoint.")
+
+
+# A rank that fails only because another one did waits this long before it exits (under torchrun).
+PEER_GRACE_S = 10.0
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun (torch.distributed.run) started this process."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def report_to_launcher(message: str) -> None:
+    """Write `message` to the error file torchrun gives each worker (TORCHELASTIC_ERROR_FILE), in the format its
+    closing summary reads: the summary's "Root Cause" then shows the message itself, the last thing the user
+    reads, instead of "<N/A>". Nothing outside torchrun."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    data = {"message": {"message": message, "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+    except OSError:  # the summary then says <N/A>; the message is in the log either way
+        pass
+
+
+def defer_exit_under_torchrun() -> None:
+    """Wait PEER_GRACE_S before this failed rank exits, under torchrun. torchrun names the first worker it sees
+    exit with an error as the root cause and then stops the others, so a rank waits (and reports after the wait,
+    if it is still running) when its failure is most likely not the first: a collective that failed because
+    another rank died, or an error on a rank other than 0, which rank 0 most often hits alike (a config, a
+    checkpoint, a data set all ranks read): the job's error is then reported once, by the rank that failed first.
+    """
+    if under_torchrun():
+        time.sleep(PEER_GRACE_S)
 
 
 def signal_name(signum: int) -> str:

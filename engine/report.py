@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from engine.checkpoint import atomic_write
+from models.build import run_name
 from models.flops import count_flops, count_params
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def build_eval_record(
         raise ValueError("build_eval_record needs an evaluation of at least one image (num_images is 0).")
     top1, top5 = 100.0 * correct1 / n, 100.0 * correct5 / n
     record = {
-        "model": cfg.MODEL.NAME,
+        "model": run_name(cfg)[0],
         "img_size": int(cfg.DATA.IMG_SIZE),
         "params": int(count_params(_unwrap(model))),
         "gflops": count_gflops(model, int(cfg.DATA.IMG_SIZE)),

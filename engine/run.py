@@ -32,12 +32,12 @@ from yacs.config import CfgNode
 
 import data
 import models
-from configs import ConfigError, Derived, derive, dump_config
+from configs import ConfigError, Derived, derive, dump_config, train_dir, with_model_of
 from engine import checkpoint as ckpt_io
 from engine import report
 from engine.amp import AmpPolicy, resolve_amp
-from engine.distributed import (DistInfo, StopRequest, broadcast_object, cleanup, peer_failure_message,
-                                setup_distributed, signal_name)
+from engine.distributed import (DistInfo, StopRequest, broadcast_object, cleanup, defer_exit_under_torchrun,
+                                peer_failure_message, report_to_launcher, setup_distributed, signal_name)
 from engine.ema import build_ema
 from engine.evaluate import EvalResult, evaluate
 from engine.logging_utils import FILE_ONLY, MetricsWriter, close_logging, setup_logging
@@ -61,6 +61,17 @@ USER_ERRORS = (ConfigError, data.DataError, ckpt_io.CheckpointError, WeightsErro
                UnknownModelError)
 
 
+def user_message(error: BaseException) -> str:
+    """The message of a user error, without the worker's traceback that a DataLoader adds when it re-raises an
+    error from one of its worker processes ("Caught ... in DataLoader worker process 1. Original Traceback ...")."""
+    text = str(error)
+    if "Original Traceback (most recent call last):" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]  # "data.errors.CorruptImageError: Cannot decode image ..."
+    head, _, message = last.partition(": ")
+    return message if head.endswith(type(error).__name__) else last
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (every device)."""
     random.seed(seed)
@@ -81,7 +92,11 @@ def run(cfg: CfgNode) -> int:
     try:
         return _run(cfg, setup_distributed(cfg.DEVICE, cfg.DIST_TIMEOUT))
     except USER_ERRORS as e:
-        log.error("%s", e)  # before logging is set up, Python's last-resort handler prints it to stderr
+        message = user_message(e)
+        if int(os.environ.get("RANK", 0)) != 0:
+            defer_exit_under_torchrun()  # rank 0 most often fails alike: its report is then the one
+        log.error("%s", message)  # before logging is set up, Python's last-resort handler prints it to stderr
+        report_to_launcher(message)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it: nothing was saved
         log.error("Interrupted; nothing was saved since the last checkpoint.")
@@ -89,9 +104,14 @@ def run(cfg: CfgNode) -> int:
     except RuntimeError as e:  # a dead or hung peer: its own log holds the cause, a traceback here is noise
         message = peer_failure_message(e, int(os.environ.get("RANK", 0)))
         if message is None:
+            report_to_launcher(f"{type(e).__name__}: {e}")
             raise
+        defer_exit_under_torchrun()  # the rank that failed first exits first
         log.error("%s", message)
         return 1
+    except Exception as e:
+        report_to_launcher(f"{type(e).__name__}: {e}")  # the traceback follows on this rank's console
+        raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         close_logging()
@@ -101,19 +121,27 @@ def run(cfg: CfgNode) -> int:
 def _run(cfg: CfgNode, info: DistInfo) -> int:
     started = time.monotonic()  # TRAIN.TIME_BUDGET counts from here
     seed_everything(cfg.SEED + info.rank)
-    run_dir = derive(cfg, info.world_size).run_dir
+    cfg, adopted = _model_of_checkpoint_to_evaluate(cfg)
+    name, changes = models.run_name(cfg)
+    run_dir = derive(cfg, info.world_size, model_name=name).run_dir
     setup_logging(run_dir, info.rank)
+    if changes and info.is_main:
+        log.warning("MODEL.NAME %s names a registered variant, but this config changes its architecture (%s): the "
+                    "run goes by %s. Set MODEL.NAME to name it yourself.", cfg.MODEL.NAME, "; ".join(changes), name)
+    if adopted and info.is_main:
+        log.warning("Checkpoint %s holds another model than this config's; evaluating it with the model config saved "
+                    "in it: %s.", cfg.MODEL.RESUME, ", ".join(adopted))
     _choose_kernels(cfg, info.device)
     amp = resolve_amp(cfg, info.device)
     inference_only = bool(cfg.EVAL_MODE or cfg.THROUGHPUT_MODE)
     loaders = data.build_loaders(cfg, info.rank, info.world_size, info.device, eval_only=inference_only)
-    derived = derive(cfg, info.world_size, loaders.num_classes)
+    derived = derive(cfg, info.world_size, loaders.num_classes, model_name=name)
     log.info("rank %d of %d on %s, precision %s (%s); run directory %s", info.rank, info.world_size, info.device,
              amp.dtype_name, amp.reason, run_dir)
     if info.is_main:
         _write_run_files(cfg, derived)
     model = models.build_model(cfg, info.device).to(info.device)
-    log.info("model %s/%s: %s parameters", cfg.MODEL.TYPE, cfg.MODEL.NAME,
+    log.info("model %s/%s: %s parameters", cfg.MODEL.TYPE, name,
              f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
     if cfg.THROUGHPUT_MODE:
         result = measure_throughput(model, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare)
@@ -123,6 +151,21 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
     if cfg.EVAL_MODE:
         return _evaluate_only(cfg, info, derived, model, loaders, amp)
     return _train(cfg, info, derived, model, loaders, amp, started)
+
+
+def _model_of_checkpoint_to_evaluate(cfg: CfgNode) -> tuple[CfgNode, list[str]]:
+    """--eval --resume of this project's checkpoint evaluates the model it holds: where the config's model keys
+    (MODEL.TYPE, MODEL.SWIN.*, DATA.IMG_SIZE) differ from those saved in it, the saved ones (and its MODEL.NAME)
+    replace them; the changed keys are returned for the log. Anything else: the config unchanged."""
+    if not (cfg.EVAL_MODE and cfg.MODEL.RESUME):
+        return cfg, []
+    saved = ckpt_io.load_checkpoint(cfg.MODEL.RESUME, mmap=True).get("config")
+    if not isinstance(saved, str):  # official, timm or other weights: the config decides the model
+        return cfg, []
+    adopted, changed = with_model_of(cfg, saved, cfg.MODEL.RESUME)
+    if all(c.startswith("MODEL.NAME ") for c in changed):  # the same model under another name: keep this run's
+        return cfg, []
+    return adopted, changed
 
 
 def _choose_kernels(cfg: CfgNode, device: torch.device) -> None:
@@ -161,8 +204,9 @@ def _resume_path(cfg: CfgNode, info: DistInfo, run_dir: str) -> str:
 
 
 def _evaluate_only(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: AmpPolicy) -> int:
-    # An explicit --resume, then an explicit --pretrained, then the newest checkpoint of this run directory.
-    source = cfg.MODEL.RESUME or ("" if cfg.MODEL.PRETRAINED else _resume_path(cfg, info, derived.run_dir))
+    # An explicit --resume, then an explicit --pretrained, then the newest checkpoint of the training run directory.
+    source = cfg.MODEL.RESUME or ("" if cfg.MODEL.PRETRAINED else
+                                  _resume_path(cfg, info, train_dir(cfg, derived.model_name)))
     used_ema = False
     if source:
         used_ema = restore_weights_for_eval(ckpt_io.load_checkpoint(source), source, model, cfg.TEST.USE_EMA)

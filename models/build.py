@@ -1,11 +1,14 @@
 """The one mapping from the config to a model's keyword arguments."""
+import hashlib
+import inspect
 import logging
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .swin import SwinTransformer
+from .zoo import ZOO, claimed_variant
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,44 @@ def swin_kwargs(cfg: Any, device: Optional[torch.device] = None) -> Dict[str, An
         use_checkpoint=cfg.TRAIN.USE_CHECKPOINT, shift=s.get("SHIFT", True), rel_pos_bias=s.get("REL_POS_BIAS", True),
         attn_impl=resolve_attn_impl(s.get("ATTN_IMPL", "auto"), device),
     )
+
+
+# The SwinTransformer keywords that change the network (and its weights' shapes or meaning); the rest (classes,
+# drop rates, checkpointing, kernel choice) do not make it another architecture.
+ARCH_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
+             "qkv_bias", "qk_scale", "ape", "patch_norm", "shift", "rel_pos_bias")
+
+
+def _config_key(kwarg: str) -> str:
+    return "DATA.IMG_SIZE" if kwarg == "img_size" else f"MODEL.SWIN.{kwarg.upper()}"
+
+
+def run_name(cfg: Any) -> Tuple[str, List[str]]:
+    """The name a run goes by (it names the run directory and the reports) and why, when it is not MODEL.NAME.
+
+    MODEL.NAME, unless it claims a registered variant (swin_tiny_patch4_window7_224, its _22k / _finetune
+    forms) whose architecture MODEL.SWIN.* or DATA.IMG_SIZE changed: such a run is not that variant, so it goes
+    by swin_custom_patch<P>_window<W>_<IMG>_<digest of the architecture>, and the list says what differs
+    ("MODEL.SWIN.EMBED_DIM 16 (swin_tiny_patch4_window7_224 has 96)", ...).
+    """
+    claimed = claimed_variant(cfg.MODEL.NAME) if cfg.MODEL.TYPE == "swin" else None
+    if claimed is None:
+        return cfg.MODEL.NAME, []
+    defaults = {k: p.default for k, p in inspect.signature(SwinTransformer).parameters.items()}
+    expected = {**defaults, **ZOO[claimed].kwargs(), "patch_size": 4}
+    actual = swin_kwargs(cfg)
+    changes = [f"{_config_key(k)} {_plain(actual[k])} ({claimed} has {_plain(expected[k])})"
+               for k in ARCH_KEYS if _plain(actual[k]) != _plain(expected[k])]
+    if not changes:
+        return cfg.MODEL.NAME, []
+    digest = hashlib.sha1(repr([(k, _plain(actual[k])) for k in ARCH_KEYS]).encode()).hexdigest()[:6]
+    name = f"swin_custom_patch{actual['patch_size']}_window{actual['window_size']}_{actual['img_size']}_{digest}"
+    return name, changes
+
+
+def _plain(value: Any) -> Any:
+    """Sequences as lists, so that a YAML list and a table's tuple compare (and print) alike."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 class UnknownModelError(ValueError):

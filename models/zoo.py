@@ -1,7 +1,7 @@
 """The Swin variants of the paper: one table of official names, hyperparameters and exact parameter counts."""
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .swin import SwinTransformer
 
@@ -34,6 +34,15 @@ ZOO: Dict[str, Variant] = {
     "swin_large_patch4_window7_224": Variant(192, _S, (6, 12, 24, 48), 7, 224, 196_532_476),
     "swin_large_patch4_window12_384": Variant(192, _S, (6, 12, 24, 48), 12, 384, 196_735_516),
 }
+
+
+def claimed_variant(name: str) -> Optional[str]:
+    """The registered variant a model name claims, or None: the official names with their suffixes
+    (swin_tiny_patch4_window7_224_22k, ..._22kto1k_finetune) and timm's tags (....ms_in1k) claim their stem."""
+    for key in ZOO:
+        if name == key or name.startswith((key + "_", key + ".")):
+            return key
+    return None
 
 
 def list_models() -> List[str]:

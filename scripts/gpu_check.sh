@@ -308,7 +308,7 @@ def run(tag, *extra):
     cmd = [sys.executable, "main.py", "--device", os.environ["GC_DEVICE"], "--output", runs, "--tag", tag,
            "--opts", *opts, *extra]
     assert subprocess.run(cmd, timeout=600).returncode == 0, f"run {tag} failed"
-    d = os.path.join(runs, "swin_tiny_patch4_window7_224", tag)
+    d = os.path.join(runs, "gpu_check_tiny", tag)
     epochs = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl")) if '"kind": "epoch"' in l]
     last = max(int(n.split("_")[2].split(".")[0]) for n in os.listdir(d) if n.startswith("ckpt_epoch_"))
     model = torch.load(os.path.join(d, f"ckpt_epoch_{last}.pth"), map_location="cpu", weights_only=True)["model"]
@@ -338,7 +338,7 @@ def launch(tag):
     return subprocess.Popen(cmd, start_new_session=True)
 
 def run_dir(tag):
-    return os.path.join(runs, "swin_tiny_patch4_window7_224", tag)
+    return os.path.join(runs, "gpu_check_tiny", tag)
 
 def steps(tag):
     try:
@@ -372,7 +372,7 @@ assert diff <= 1e-3 * scale, "the resumed run drifted from the uninterrupted one
 EOF
 export OUT
 
-TINY=(DATA.DATASET synthetic DATA.IMG_SIZE "$GC_IMG" DATA.BATCH_SIZE 32 DATA.NUM_WORKERS 2
+TINY=(MODEL.NAME gpu_check_tiny DATA.DATASET synthetic DATA.IMG_SIZE "$GC_IMG" DATA.BATCH_SIZE 32 DATA.NUM_WORKERS 2
       DATA.SYNTHETIC_TRAIN_SIZE 256 DATA.SYNTHETIC_VAL_SIZE 64 MODEL.NUM_CLASSES 10 MODEL.SWIN.EMBED_DIM 48
       MODEL.SWIN.DEPTHS "[2, 2]" MODEL.SWIN.NUM_HEADS "[3, 6]" MODEL.SWIN.WINDOW_SIZE 4)
 export RUNS="$WORK/runs" WORK
@@ -383,11 +383,11 @@ tag=$1 dtype=$2 launcher=(python)
                                  --nproc_per_node="$NPROC")
 shift 3
 "${launcher[@]}" main.py --device "$GC_DEVICE" --output "$RUNS" --tag "$tag" --opts "$@" \
-  && python "$WORK/eval_ok.py" "$RUNS/swin_tiny_patch4_window7_224/$tag" "$dtype"
+  && python "$WORK/eval_ok.py" "$RUNS/gpu_check_tiny/$tag" "$dtype"
 EOF
 keep() {  # the small result files of a run (not its checkpoints) into $OUT/runs/TAG
   mkdir -p "$OUT/runs/$1"
-  cp "$RUNS/swin_tiny_patch4_window7_224/$1"/{eval.json,metrics.jsonl,log.txt} "$OUT/runs/$1/" 2> /dev/null || true
+  cp "$RUNS/gpu_check_tiny/$1"/{eval.json,metrics.jsonl,log.txt} "$OUT/runs/$1/" 2> /dev/null || true
 }
 needs_yacs() {  # NAME: skip a step that needs configs/ when yacs is missing
   [ $YACS = 1 ] && return 0
@@ -439,7 +439,8 @@ if needs_yacs uint8_input; then  # the run reads the folder uint8_input writes
 fi
 if [ -d "$WORK/jpegs/val" ]; then
   check uint8_main 90 bash "$WORK/main_run.sh" uint8 - python DATA.DATASET imagenet DATA.DATA_PATH "$WORK/jpegs" \
-    DATA.IMG_SIZE 64 DATA.BATCH_SIZE 8 DATA.NUM_WORKERS 2 MODEL.NUM_CLASSES 4 MODEL.SWIN.EMBED_DIM 48 \
+    MODEL.NAME gpu_check_tiny DATA.IMG_SIZE 64 DATA.BATCH_SIZE 8 DATA.NUM_WORKERS 2 MODEL.NUM_CLASSES 4 \
+    MODEL.SWIN.EMBED_DIM 48 \
     MODEL.SWIN.DEPTHS "[2, 2]" MODEL.SWIN.NUM_HEADS "[3, 6]" MODEL.SWIN.WINDOW_SIZE 4 TRAIN.EPOCHS 1 \
     TRAIN.WARMUP_EPOCHS 0 AUG.REPROB 0.5
   keep uint8

@@ -34,7 +34,7 @@ RANDOM=$SEED
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$DIR"
 
-OPTS=(MODEL.SWIN.EMBED_DIM 16 MODEL.SWIN.DEPTHS "[1, 1]" MODEL.SWIN.NUM_HEADS "[1, 2]" MODEL.SWIN.WINDOW_SIZE 4
+OPTS=(MODEL.NAME soak_tiny MODEL.SWIN.EMBED_DIM 16 MODEL.SWIN.DEPTHS "[1, 1]" MODEL.SWIN.NUM_HEADS "[1, 2]" MODEL.SWIN.WINDOW_SIZE 4
       MODEL.SWIN.PATCH_SIZE 2 DATA.IMG_SIZE 32 MODEL.NUM_CLASSES 10 DATA.DATASET synthetic
       DATA.SYNTHETIC_TRAIN_SIZE "$TRAIN_SIZE" DATA.SYNTHETIC_VAL_SIZE 64 DATA.BATCH_SIZE 4
       DATA.NUM_WORKERS "$WORKERS" TRAIN.EPOCHS "$EPOCHS" TRAIN.WARMUP_EPOCHS 1 TRAIN.ACCUMULATION_STEPS 2
@@ -110,7 +110,7 @@ while :; do
     [ "$how" = "had already finished training" ] && break
 done
 
-last="swin_tiny_patch4_window7_224/soak/ckpt_epoch_$((EPOCHS - 1)).pth"
+last="soak_tiny/soak/ckpt_epoch_$((EPOCHS - 1)).pth"
 python - "$DIR/baseline/$last" "$DIR/preempted/$last" <<'EOF'
 import sys
 

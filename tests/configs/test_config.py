@@ -8,7 +8,7 @@ import sys
 import pytest
 from yacs.config import CfgNode
 
-from configs import ConfigError, derive, dump_config, get_config
+from configs import ConfigError, derive, dump_config, get_config, train_dir, with_model_of
 from main import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -249,3 +249,30 @@ def test_odd_opts_list_only_what_the_user_typed(capsys):
     assert main(["--opts", "TRAIN.EPOCHS", "--batch-size", "8"]) == 2
     err = capsys.readouterr().err
     assert "odd number of items: ['TRAIN.EPOCHS']" in err and "BATCH_SIZE" not in err
+
+
+def test_eval_and_throughput_runs_write_into_folders_of_the_training_run():
+    train = derive(get_config(None, ["TAG", "r1"]))
+    assert train.run_dir == train_dir(get_config(None, ["TAG", "r1"])) == os.path.join(
+        "output", "swin_tiny_patch4_window7_224", "r1")
+    assert derive(get_config(None, ["TAG", "r1", "EVAL_MODE", "True"])).run_dir == os.path.join(train.run_dir, "eval")
+    assert derive(get_config(None, ["TAG", "r1", "THROUGHPUT_MODE", "True"])).run_dir == os.path.join(
+        train.run_dir, "throughput")
+    assert derive(get_config(None, ["TAG", "r1"]), model_name="swin_custom_x").run_dir == os.path.join(
+        "output", "swin_custom_x", "r1")
+
+
+def test_with_model_of_takes_only_the_model_keys_of_a_saved_config():
+    saved = get_config(None, ["MODEL.NAME", "mine", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1, 1]",
+                              "MODEL.SWIN.NUM_HEADS", "[1, 2]", "DATA.IMG_SIZE", "32", "MODEL.SWIN.ATTN_IMPL", "eager",
+                              "TRAIN.BASE_LR", "1.0", "DATA.BATCH_SIZE", "3"])
+    cfg = get_config(None, ["EVAL_MODE", "True"])
+    new, changed = with_model_of(cfg, dump_config(saved), "ck.pth")
+    assert changed == ["MODEL.NAME swin_tiny_patch4_window7_224 -> mine", "MODEL.SWIN.DEPTHS [2, 2, 6, 2] -> [1, 1]",
+                       "MODEL.SWIN.EMBED_DIM 96 -> 16", "MODEL.SWIN.NUM_HEADS [3, 6, 12, 24] -> [1, 2]",
+                       "DATA.IMG_SIZE 224 -> 32"]
+    assert new.is_frozen() and new.MODEL.SWIN.ATTN_IMPL == "auto" and new.DATA.BATCH_SIZE == cfg.DATA.BATCH_SIZE
+    assert new.TRAIN.BASE_LR == cfg.TRAIN.BASE_LR and new.EVAL_MODE
+    assert with_model_of(cfg, dump_config(cfg), "ck.pth") == (cfg, [])
+    with pytest.raises(ConfigError, match="Unknown config key MODEL.SWIN.WINDOW_SIZES .from ck.pth."):
+        with_model_of(cfg, "MODEL:\n  SWIN:\n    WINDOW_SIZES: 7\n", "ck.pth")

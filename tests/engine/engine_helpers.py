@@ -12,6 +12,7 @@ from engine.train import TrainContext
 
 # A Swin with two stages of one block at 32x32: ~19k parameters, milliseconds per step on CPU.
 TINY_SWIN = [
+    "MODEL.NAME", "swin_tiny_test",
     "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1, 1]", "MODEL.SWIN.NUM_HEADS", "[1, 2]",
     "MODEL.SWIN.WINDOW_SIZE", "4", "MODEL.SWIN.PATCH_SIZE", "2", "DATA.IMG_SIZE", "32", "MODEL.NUM_CLASSES", "10",
 ]

@@ -24,7 +24,8 @@ from engine.amp import AmpPolicy  # noqa: E402
 from engine.optim import LRSchedule  # noqa: E402
 from engine.train import TrainContext, TrainState, train_one_epoch  # noqa: E402
 
-TINY = ["MODEL.SWIN.EMBED_DIM", "32", "MODEL.SWIN.DEPTHS", "[2, 2]", "MODEL.SWIN.NUM_HEADS", "[2, 4]",
+TINY = ["MODEL.NAME", "swin_tiny_test",
+        "MODEL.SWIN.EMBED_DIM", "32", "MODEL.SWIN.DEPTHS", "[2, 2]", "MODEL.SWIN.NUM_HEADS", "[2, 4]",
         "MODEL.SWIN.WINDOW_SIZE", "4", "MODEL.SWIN.PATCH_SIZE", "2", "DATA.IMG_SIZE", "32", "MODEL.NUM_CLASSES", "10"]
 SYN = ["DATA.DATASET", "synthetic", "DATA.NUM_WORKERS", "4", "PRINT_FREQ", "5"]
 RESULTS: list[tuple[str, bool, str]] = []
@@ -108,7 +109,9 @@ def _main(out: str, tag: str, *opts: str, torchrun: int = 0, timeout: int = 240)
     with open(os.path.join(out, f"{tag}.out.txt"), "w") as f:
         f.write(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run_dir = os.path.join(out, "swin_tiny_patch4_window7_224", tag)
+    name = opts[opts.index("MODEL.NAME") + 1] if "MODEL.NAME" in opts else "swin_tiny_patch4_window7_224"
+    mode = "eval" if "EVAL_MODE" in opts else "throughput" if "THROUGHPUT_MODE" in opts else ""
+    run_dir = os.path.join(out, name, tag, mode)  # eval-only and throughput runs write into a folder of the run
     ev = os.path.join(run_dir, "eval.json")
     record = json.load(open(ev)) if os.path.exists(ev) else {}
     record["_seconds"] = round(time.perf_counter() - t, 1)

@@ -203,7 +203,7 @@ def test_eval_is_identical_for_one_and_two_processes(job, baseline):
     outputs = [os.path.join(job.root, f"eval{n}") for n in (1, 2)]
     for code, out in _run_all([job.cmd(o, "--eval", "--resume", ckpt, procs=n) for o, n in zip(outputs, (1, 2))]):
         assert code == 0, out[-3000:]
-    one, two = (json.load(open(os.path.join(Job.run_dir(o), "eval.json"))) for o in outputs)
+    one, two = (json.load(open(os.path.join(Job.run_dir(o), "eval", "eval.json"))) for o in outputs)
     assert one["num_images"] == two["num_images"] == 19
     assert one["world_size"] == 1 and two["world_size"] == 2
     for key in ("correct1", "correct5", "top1_acc", "top1_err", "top5_acc", "top5_err"):

@@ -56,7 +56,7 @@ def _check_run_dir(run_dir: str, epochs: int, val_images: int) -> dict:
 
 def test_run_then_resume_is_bitwise_exact_then_eval_and_throughput(tmp_path):
     assert _run(tmp_path) == 0
-    run_dir = str(tmp_path / "swin_tiny_patch4_window7_224" / "default")
+    run_dir = str(tmp_path / "swin_tiny_test" / "default")
     ev = _check_run_dir(run_dir, epochs=2, val_images=20)
     records = _records(run_dir)
     assert "ema_top1_acc" in records[-1] and ev["ema"] is True
@@ -87,24 +87,44 @@ def test_run_then_resume_is_bitwise_exact_then_eval_and_throughput(tmp_path):
     assert (os.path.getmtime(os.path.join(run_dir, "eval.json")), len(_records(run_dir))) == before
     assert "has finished all 2 epochs" in open(os.path.join(run_dir, "log.txt")).read()
 
-    # Evaluate the checkpoint alone: same counts as the run's final report (EMA weights, TEST.USE_EMA).
-    assert _run(tmp_path, "EVAL_MODE", "True", "MODEL.RESUME", os.path.join(run_dir, "ckpt_epoch_1.pth"),
-                "TAG", "eval") == 0
-    with open(tmp_path / "swin_tiny_patch4_window7_224" / "eval" / "eval.json") as f:
+    # Evaluate the checkpoint alone: same counts as the run's final report (EMA weights, TEST.USE_EMA), written to
+    # the run's eval/ folder, leaving the training run's own files as they were.
+    trained = {n: os.path.getmtime(os.path.join(run_dir, n)) for n in ("config.yaml", "eval.json", "log.txt")}
+    ckpt = os.path.join(run_dir, "ckpt_epoch_1.pth")
+    assert _run(tmp_path, "EVAL_MODE", "True", "MODEL.RESUME", ckpt) == 0
+    with open(os.path.join(run_dir, "eval", "eval.json")) as f:
         ev_only = json.load(f)
     assert (ev_only["correct1"], ev_only["correct5"], ev_only["num_images"]) == (
         ev["correct1"], ev["correct5"], ev["num_images"])
-    assert not any(n.startswith("ckpt") for n in os.listdir(tmp_path / "swin_tiny_patch4_window7_224" / "eval"))
-    # ... and with a config of another architecture: one error naming the file and the config to use
-    assert _run(tmp_path, "EVAL_MODE", "True", "MODEL.RESUME", os.path.join(run_dir, "ckpt_epoch_1.pth"),
-                "TAG", "eval2", "MODEL.SWIN.EMBED_DIM", "24") == 1
-    err = open(tmp_path / "swin_tiny_patch4_window7_224" / "eval2" / "log.txt").read()
-    assert (f"Checkpoint {os.path.join(run_dir, 'ckpt_epoch_1.pth')} does not fit the model of this config. Its "
-            f"run's config is {os.path.join(run_dir, 'config.yaml')}: pass it to --cfg.") in err
+    assert not any(n.startswith("ckpt") for n in os.listdir(os.path.join(run_dir, "eval")))
+    assert {n: os.path.getmtime(os.path.join(run_dir, n)) for n in trained} == trained
+    # ... and with a config of another architecture: the model saved in the checkpoint is evaluated, and the log
+    # says which keys it took from the checkpoint
+    assert _run(tmp_path, "EVAL_MODE", "True", "MODEL.RESUME", ckpt, "TAG", "other", "MODEL.SWIN.EMBED_DIM", "24",
+                "MODEL.NAME", "swin_other") == 0
+    other = tmp_path / "swin_tiny_test" / "other" / "eval"
+    assert json.load(open(other / "eval.json"))["correct1"] == ev["correct1"]
+    log_text = open(other / "log.txt").read()
+    assert (f"Checkpoint {ckpt} holds another model than this config's; evaluating it with the model config saved in "
+            "it: MODEL.NAME swin_other -> swin_tiny_test, MODEL.SWIN.EMBED_DIM 24 -> 16.") in log_text
+    assert get_config(str(other / "config.yaml")).MODEL.SWIN.EMBED_DIM == 16
 
-    assert _run(tmp_path, "THROUGHPUT_MODE", "True", "TAG", "speed") == 0
-    speed = _records(str(tmp_path / "swin_tiny_patch4_window7_224" / "speed"))
+    # --eval without --resume evaluates the newest checkpoint of the training run
+    assert _run(tmp_path, "EVAL_MODE", "True") == 0
+    assert "ckpt_epoch_1.pth" in json.load(open(os.path.join(run_dir, "eval", "eval.json")))["checkpoint"]
+
+    assert _run(tmp_path, "THROUGHPUT_MODE", "True") == 0
+    speed = _records(os.path.join(run_dir, "throughput"))
     assert speed[0]["kind"] == "throughput" and speed[0]["img_per_s"] > 0 and speed[0]["batch_size"] == 8
+    assert {n: os.path.getmtime(os.path.join(run_dir, n)) for n in trained} == trained
+
+
+def test_weights_without_a_config_that_do_not_fit_are_a_clear_error(tmp_path, caplog):
+    model = tiny_model()
+    path = str(tmp_path / "weights.pth")
+    torch.save({"model": model.state_dict()}, path)
+    assert _run(tmp_path, "EVAL_MODE", "True", "MODEL.RESUME", path, "MODEL.SWIN.EMBED_DIM", "24") == 1
+    assert f"Checkpoint {path} does not fit the model of this config." in caplog.text
 
 
 def test_eval_without_weights_is_a_clear_error(tmp_path, caplog):
@@ -128,7 +148,7 @@ def test_torchrun_two_processes(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, out[-5000:]
-    run_dir = str(tmp_path / "swin_tiny_patch4_window7_224" / "ddp")
+    run_dir = str(tmp_path / "swin_tiny_test" / "ddp")
     _check_run_dir(run_dir, epochs=2, val_images=13)
     ckpt = torch.load(os.path.join(run_dir, "ckpt_epoch_1.pth"), weights_only=True, map_location="cpu")
     assert len(ckpt["rng"]) == 2 and ckpt["derived"]["world_size"] == 2 and ckpt["derived"]["total_batch"] == 16
@@ -143,7 +163,7 @@ def test_finetune_from_pretrained_weights(tmp_path, caplog):
     assert _run(tmp_path, "MODEL.PRETRAINED", path, "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0",
                 "DATA.SYNTHETIC_TRAIN_SIZE", "16", "TAG", "ft") == 0
     assert "reinitialized" in caplog.text and "resumed from" not in caplog.text
-    ckpt = torch.load(tmp_path / "swin_tiny_patch4_window7_224" / "ft" / "ckpt_epoch_0.pth", weights_only=True)
+    ckpt = torch.load(tmp_path / "swin_tiny_test" / "ft" / "ckpt_epoch_0.pth", weights_only=True)
     assert ckpt["model"]["head.weight"].shape == (10, 16 * 2)
     assert ckpt["global_step"] == 2  # a fresh schedule
 
@@ -153,7 +173,7 @@ def test_deterministic_option_runs_and_is_switched_off_after_the_run(tmp_path):
     assert _run(tmp_path, "TRAIN.DETERMINISTIC", "True", "TAG", "a") == 0
     assert _run(tmp_path, "TRAIN.DETERMINISTIC", "True", "TAG", "b") == 0
     assert not torch.are_deterministic_algorithms_enabled()  # process-wide: restored when the run ends
-    runs = tmp_path / "swin_tiny_patch4_window7_224"
+    runs = tmp_path / "swin_tiny_test"
     assert "TRAIN.DETERMINISTIC: deterministic algorithms" in (runs / "a" / "log.txt").read_text()
     a, b = (torch.load(runs / t / "ckpt_epoch_1.pth", weights_only=True, map_location="cpu")["model"] for t in "ab")
     for k in a:

@@ -26,7 +26,7 @@ RUN_OPTS = TINY_SWIN + [
 
 
 def run_dir(output: str) -> str:
-    return os.path.join(output, "swin_tiny_patch4_window7_224", "t")
+    return os.path.join(output, "swin_tiny_test", "t")
 
 
 def main_cmd(output: str, *opts: str, procs: int = 1, fault: list[str] | None = None) -> list[str]:

@@ -42,12 +42,9 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("workers", [0, 1, 2])
-def test_a_data_error_with_live_workers_ends_every_process(tmp_path, workers):
-    bad = _image_folder(str(tmp_path / "data"))
-    cmd = [sys.executable, os.path.join(REPO, "main.py"), "--output", str(tmp_path / "out"), "--opts", *RUN_OPTS,
-           "DATA.DATASET", "imagenet", "DATA.DATA_PATH", str(tmp_path / "data"), "MODEL.NUM_CLASSES", "2",
-           "DATA.NUM_WORKERS", str(workers), "TRAIN.EPOCHS", "2"]
+def _run_to_the_end(cmd: list[str]) -> tuple[int, str]:
+    """Run `cmd` in its own process group; (exit code, output) once it exited and no process of the group is left,
+    failing the test if one outlives the launcher by WATCHDOG_S."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -63,5 +60,49 @@ def test_a_data_error_with_live_workers_ends_every_process(tmp_path, workers):
         if _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 1, out[-3000:]
+    return proc.returncode, out
+
+
+def _opts(tmp_path, workers: int) -> list[str]:
+    return ["--output", str(tmp_path / "out"), "--opts", *RUN_OPTS, "DATA.DATASET", "imagenet",
+            "DATA.DATA_PATH", str(tmp_path / "data"), "MODEL.NUM_CLASSES", "2", "DATA.NUM_WORKERS", str(workers),
+            "TRAIN.EPOCHS", "2"]
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_a_data_error_with_live_workers_ends_every_process(tmp_path, workers):
+    bad = _image_folder(str(tmp_path / "data"))
+    code, out = _run_to_the_end([sys.executable, os.path.join(REPO, "main.py"), *_opts(tmp_path, workers)])
+    assert code == 1, out[-3000:]
     assert os.path.basename(bad) in out, out[-3000:]
+
+
+@pytest.mark.parametrize("workers", [0, 8])
+def test_under_torchrun_the_rank_that_failed_is_named_with_its_error_last(tmp_path, workers):
+    """One rank reads the truncated image; the other fails in its next collective. torchrun's closing summary
+    must name the rank that read the file, with its message, and no process may be left."""
+    bad = _image_folder(str(tmp_path / "data"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(REPO, "main.py"), *_opts(tmp_path, workers)]
+    code, out = _run_to_the_end(cmd)
+    assert code == 1, out[-3000:]
+    failed = [line for line in out.splitlines() if "CorruptImageError" in line or os.path.basename(bad) in line]
+    assert failed, out[-3000:]
+    rank = 1 if failed[0].startswith("[rank 1]") else 0  # rank 0's console lines carry no prefix
+    summary = out[out.index("Root Cause (first observed failure):"):]
+    assert f"rank      : {rank} (local_rank: {rank})" in summary, out[-3000:]
+    assert os.path.basename(bad) in summary.split("error_file")[1], summary  # the message itself, not <N/A>
+    assert "lost contact" not in out, out[-3000:]  # the other rank was stopped before it said anything
+    assert out.count("Traceback (most recent call last)") == 1, out[-5000:]  # torchrun's own, with the summary
+
+
+def test_under_torchrun_an_error_every_rank_hits_is_reported_once(tmp_path):
+    missing = str(tmp_path / "missing.pth")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(REPO, "main.py"), "--output", str(tmp_path / "out"), "--resume", missing,
+           "--opts", *RUN_OPTS, "DATA.DATASET", "synthetic"]
+    code, out = _run_to_the_end(cmd)
+    assert code == 1, out[-3000:]
+    before_summary, summary = out.split("Root Cause (first observed failure):")
+    assert before_summary.count(f"Checkpoint {missing} does not exist") == 1, out[-3000:]  # rank 0's line only
+    assert "rank      : 0 (local_rank: 0)" in summary and f"Checkpoint {missing} does not exist" in summary

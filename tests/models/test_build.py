@@ -58,3 +58,38 @@ def test_misspelled_timm_model_is_one_clear_error():
     cfg = get_config(opts=["MODEL.TYPE", "timm", "MODEL.NAME", "resnet19"])
     with pytest.raises(UnknownModelError, match=r"'resnet19' is not a timm model .*Did you mean .*resnet18"):
         build_model(cfg)
+
+
+def test_a_changed_architecture_does_not_go_by_the_variant_name_it_keeps():
+    from models import run_name
+
+    assert run_name(get_config()) == ("swin_tiny_patch4_window7_224", [])
+    for name in ("swin_base_patch4_window12_384_22kto1k_finetune", "swin_large_patch4_window7_224_22k"):
+        cfg = get_config(opts=["MODEL.NAME", name, *_variant_opts(name)])
+        assert run_name(cfg) == (name, [])
+    tiny = ["MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1, 1]", "MODEL.SWIN.NUM_HEADS", "[1, 2]"]
+    name, changes = run_name(get_config(opts=tiny))
+    prefix = "swin_custom_patch4_window7_224_"
+    assert name.startswith(prefix) and len(name) == len(prefix) + 6
+    assert changes == ["MODEL.SWIN.EMBED_DIM 16 (swin_tiny_patch4_window7_224 has 96)",
+                       "MODEL.SWIN.DEPTHS [1, 1] (swin_tiny_patch4_window7_224 has [2, 2, 6, 2])",
+                       "MODEL.SWIN.NUM_HEADS [1, 2] (swin_tiny_patch4_window7_224 has [3, 6, 12, 24])"]
+    assert run_name(get_config(opts=tiny))[0] == name  # the same architecture, the same run directory
+    assert run_name(get_config(opts=tiny + ["MODEL.SWIN.SHIFT", "False"]))[0] != name
+    assert run_name(get_config(opts=["MODEL.SWIN.SHIFT", "False"]))[1] == [
+        "MODEL.SWIN.SHIFT False (swin_tiny_patch4_window7_224 has True)"]
+    # What does not change the network keeps the name: classes, drop rates, checkpointing, the kernel.
+    same = ["MODEL.NUM_CLASSES", "10", "MODEL.DROP_PATH_RATE", "0.3", "TRAIN.USE_CHECKPOINT", "True",
+            "MODEL.SWIN.ATTN_IMPL", "eager"]
+    assert run_name(get_config(opts=same)) == ("swin_tiny_patch4_window7_224", [])
+    # A name of one's own is kept whatever the architecture.
+    assert run_name(get_config(opts=tiny + ["MODEL.NAME", "my_swin"])) == ("my_swin", [])
+
+
+def _variant_opts(name: str) -> list:
+    from models.zoo import ZOO, claimed_variant
+
+    v = ZOO[claimed_variant(name)]
+    return ["MODEL.SWIN.EMBED_DIM", str(v.embed_dim), "MODEL.SWIN.DEPTHS", str(list(v.depths)),
+            "MODEL.SWIN.NUM_HEADS", str(list(v.num_heads)), "MODEL.SWIN.WINDOW_SIZE", str(v.window_size),
+            "DATA.IMG_SIZE", str(v.img_size)]
