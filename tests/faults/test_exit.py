@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.faults.helpers import REPO, RUN_OPTS
+from tests.faults.helpers import REPO, RUN_OPTS, run_dir, wait_for_step
 
 WATCHDOG_S = 60  # a process still alive this long after the error fails the test
 
@@ -42,25 +42,42 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _run_to_the_end(cmd: list[str]) -> tuple[int, str]:
-    """Run `cmd` in its own process group; (exit code, output) once it exited and no process of the group is left,
-    failing the test if one outlives the launcher by WATCHDOG_S."""
+def _launch(cmd: list[str], log_path: str) -> subprocess.Popen:
+    """Start `cmd` in its own process group (as a terminal would), output to log_path."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    with open(log_path, "w") as log:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _end(proc: subprocess.Popen, log_path: str) -> tuple[int, str]:
+    """(exit code, output) once `proc` exited and no process of its group is left, failing the test if one
+    outlives the launcher by WATCHDOG_S."""
     try:
-        out, _ = proc.communicate(timeout=WATCHDOG_S + 60)
+        proc.wait(timeout=WATCHDOG_S + 60)
         deadline = time.monotonic() + WATCHDOG_S
         while _group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)  # polling the process table, not a synchronisation
         assert not _group_alive(proc.pid), "a worker of the run outlived it"
     except subprocess.TimeoutExpired:
-        out = "the run did not exit"
+        raise AssertionError("the run did not exit") from None
     finally:
         if _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return proc.returncode, out
+    with open(log_path, errors="replace") as f:
+        return proc.returncode, f.read()
+
+
+def _run_to_the_end(cmd: list[str], tmp_path) -> tuple[int, str]:
+    log_path = str(tmp_path / "run.log")
+    return _end(_launch(cmd, log_path), log_path)
+
+
+def _launcher(kind: str) -> list[str]:
+    if kind == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                os.path.join(REPO, "main.py")]
+    return [sys.executable, os.path.join(REPO, "main.py")]
 
 
 def _opts(tmp_path, workers: int) -> list[str]:
@@ -72,7 +89,7 @@ def _opts(tmp_path, workers: int) -> list[str]:
 @pytest.mark.parametrize("workers", [0, 1, 2])
 def test_a_data_error_with_live_workers_ends_every_process(tmp_path, workers):
     bad = _image_folder(str(tmp_path / "data"))
-    code, out = _run_to_the_end([sys.executable, os.path.join(REPO, "main.py"), *_opts(tmp_path, workers)])
+    code, out = _run_to_the_end(_launcher("python") + _opts(tmp_path, workers), tmp_path)
     assert code == 1, out[-3000:]
     assert os.path.basename(bad) in out, out[-3000:]
 
@@ -82,9 +99,7 @@ def test_under_torchrun_the_rank_that_failed_is_named_with_its_error_last(tmp_pa
     """One rank reads the truncated image; the other fails in its next collective. torchrun's closing summary
     must name the rank that read the file, with its message, and no process may be left."""
     bad = _image_folder(str(tmp_path / "data"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(REPO, "main.py"), *_opts(tmp_path, workers)]
-    code, out = _run_to_the_end(cmd)
+    code, out = _run_to_the_end(_launcher("torchrun") + _opts(tmp_path, workers), tmp_path)
     assert code == 1, out[-3000:]
     failed = [line for line in out.splitlines() if "CorruptImageError" in line or os.path.basename(bad) in line]
     assert failed, out[-3000:]
@@ -98,11 +113,36 @@ def test_under_torchrun_the_rank_that_failed_is_named_with_its_error_last(tmp_pa
 
 def test_under_torchrun_an_error_every_rank_hits_is_reported_once(tmp_path):
     missing = str(tmp_path / "missing.pth")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(REPO, "main.py"), "--output", str(tmp_path / "out"), "--resume", missing,
-           "--opts", *RUN_OPTS, "DATA.DATASET", "synthetic"]
-    code, out = _run_to_the_end(cmd)
+    cmd = _launcher("torchrun") + ["--output", str(tmp_path / "out"), "--resume", missing, "--opts", *RUN_OPTS,
+                                   "DATA.DATASET", "synthetic"]
+    code, out = _run_to_the_end(cmd, tmp_path)
     assert code == 1, out[-3000:]
     before_summary, summary = out.split("Root Cause (first observed failure):")
     assert before_summary.count(f"Checkpoint {missing} does not exist") == 1, out[-3000:]  # rank 0's line only
     assert "rank      : 0 (local_rank: 0)" in summary and f"Checkpoint {missing} does not exist" in summary
+
+
+SYNTHETIC_8_WORKERS = ["DATA.DATASET", "synthetic", "DATA.SYNTHETIC_TRAIN_SIZE", "512", "DATA.NUM_WORKERS", "8",
+                       "TRAIN.EPOCHS", "2"]
+
+
+@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+def test_a_diverged_run_with_eight_workers_ends_every_process(tmp_path, launcher):
+    cmd = _launcher(launcher) + ["--output", str(tmp_path / "out"), "--opts", *RUN_OPTS, *SYNTHETIC_8_WORKERS,
+                                 "TRAIN.BASE_LR", "1e30", "TRAIN.CLIP_GRAD", "0.0", "TRAIN.MAX_BAD_STEPS", "2"]
+    code, out = _run_to_the_end(cmd, tmp_path)
+    assert code == 1, out[-3000:]
+    assert "The run has diverged" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+def test_ctrl_c_with_eight_workers_saves_and_ends_every_process(tmp_path, launcher):
+    out_dir = str(tmp_path / "out")
+    cmd = _launcher(launcher) + ["--output", out_dir, "--opts", *RUN_OPTS, *SYNTHETIC_8_WORKERS]
+    log_path = str(tmp_path / "run.log")
+    proc = _launch(cmd, log_path)
+    wait_for_step(proc, run_dir(out_dir), 3)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C: the launcher and every process below it
+    code, out = _end(proc, log_path)
+    assert code == (1 if launcher == "torchrun" else 0), out[-3000:]  # torchrun reports the SIGINT it got itself
+    assert "part way through epoch 0); saved" in out, out[-3000:]
