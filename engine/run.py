@@ -168,6 +168,14 @@ def _model_of_checkpoint_to_evaluate(cfg: CfgNode) -> tuple[CfgNode, list[str]]:
     return adopted, changed
 
 
+def _is_own_checkpoint(path: str) -> bool:
+    """Whether `path` is a checkpoint this project wrote (it holds the config it was trained with)."""
+    try:
+        return isinstance(ckpt_io.load_checkpoint(path, mmap=True).get("config"), str)
+    except ckpt_io.CheckpointError:
+        return False
+
+
 def _choose_kernels(cfg: CfgNode, device: torch.device) -> None:
     """TF32 matmuls on CUDA; cuDNN autotuning unless TRAIN.DETERMINISTIC, which also makes torch use deterministic
     algorithms everywhere (the bias-table gather's backward sorts instead of adding atomically, SDPA's
@@ -212,7 +220,13 @@ def _evaluate_only(cfg: CfgNode, info: DistInfo, derived: Derived, model, loader
         used_ema = restore_weights_for_eval(ckpt_io.load_checkpoint(source), source, model, cfg.TEST.USE_EMA)
     elif cfg.MODEL.PRETRAINED:
         source = cfg.MODEL.PRETRAINED
-        load_weights(model, source, mode="exact")  # logs what it loaded
+        try:
+            load_weights(model, source, mode="exact")  # logs what it loaded
+        except WeightsError as e:
+            if not _is_own_checkpoint(source):
+                raise
+            raise WeightsError(f"{e}\n{source} is a checkpoint of this project: `--eval --resume {source}` evaluates "
+                               "the model saved in it, whatever --cfg says.") from None
     else:
         raise ConfigError("EVAL_MODE needs weights: pass --resume <checkpoint> or --pretrained <weights file>.")
     result = evaluate(model, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare)

@@ -159,7 +159,8 @@ def load_weights(
         parts = [f"{name} ({layout} layout) does not fit the model in {mode} mode"]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
             if keys:
-                parts.append(f"{title} ({len(keys)}): " + "; ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+                more = f" ... and {len(keys) - 5} more" if len(keys) > 5 else ""
+                parts.append(f"{title} ({len(keys)}): " + "; ".join(keys[:5]) + more)
         parts.append("check the architecture (MODEL.SWIN.*: pass the --cfg the weights were trained with), or train "
                      "from them with --pretrained, which adapts another window size, image size or head")
         raise WeightsError("\n".join(parts))

@@ -108,6 +108,11 @@ def test_run_then_resume_is_bitwise_exact_then_eval_and_throughput(tmp_path):
     assert (f"Checkpoint {ckpt} holds another model than this config's; evaluating it with the model config saved in "
             "it: MODEL.NAME swin_other -> swin_tiny_test, MODEL.SWIN.EMBED_DIM 24 -> 16.") in log_text
     assert get_config(str(other / "config.yaml")).MODEL.SWIN.EMBED_DIM == 16
+    # --pretrained takes the config's model as it is, and says how to evaluate the checkpoint's own
+    assert _run(tmp_path, "EVAL_MODE", "True", "MODEL.PRETRAINED", ckpt, "TAG", "p", "MODEL.SWIN.EMBED_DIM", "24") == 1
+    log_text = open(tmp_path / "swin_tiny_test" / "p" / "eval" / "log.txt").read()
+    assert f"{ckpt} is a checkpoint of this project: `--eval --resume {ckpt}` evaluates the model" in log_text
+    assert "... and 29 more" in log_text  # the first mis-shaped keys, not all of them
 
     # --eval without --resume evaluates the newest checkpoint of the training run
     assert _run(tmp_path, "EVAL_MODE", "True") == 0
