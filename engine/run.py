@@ -42,7 +42,7 @@ from engine.ema import build_ema
 from engine.evaluate import EvalResult, evaluate
 from engine.logging_utils import FILE_ONLY, MetricsWriter, close_logging, setup_logging
 from engine.optim import build_optimizer, build_schedule, epochs_within_budget, steps_per_epoch
-from engine.state import Progress, checkpoint_state, gather_rng_states, restore_state, restore_weights_for_eval
+from engine.state import Run, checkpoint_state, gather_rng_states, restore_state, restore_weights_for_eval
 from engine.throughput import measure_throughput
 from engine.train import NonFiniteTrainingError, TrainContext, TrainState, build_criterion, train_one_epoch
 from models.build import UnknownModelError
@@ -245,12 +245,33 @@ def _log_eval(name: str, r: EvalResult, expected: int) -> None:
 
 
 def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: AmpPolicy, started: float) -> int:
-    raw = model
+    """Build the run, resume it (MODEL.RESUME or the run directory's newest checkpoint), train its epochs."""
     if info.is_main:
         ckpt_io.remove_stale_temp_files(derived.run_dir)
     resume = _resume_path(cfg, info, derived.run_dir)
+    _initial_weights(cfg, info, derived, model, resume)
+    run = _build_run(cfg, info, derived, model, loaders, amp)
+    if resume:
+        run.state, run.progress = restore_state(ckpt_io.load_checkpoint(resume), resume, run)
+        where = (f"epoch {run.state.epoch} after {run.state.epoch_batches} of {run.batches} micro-batches"
+                 if run.state.epoch_batches else f"epoch {run.state.epoch - 1}")
+        log.info("resumed from %s (%s, step %d)", resume, where, run.state.global_step)
+    run.progress.started = started
+    epochs = run.progress.planned_epochs or cfg.TRAIN.EPOCHS  # the length TRAIN.TIME_BUDGET fixed, once it has
+    run.train.total_epochs, run.train.schedule = epochs, build_schedule(cfg, derived, run.updates, epochs)
+    resume_step = run.state.global_step if resume else None
+    with (StopRequest(cfg.DIST_TIMEOUT) as stop,
+          MetricsWriter(derived.run_dir, info.is_main, resume_step=resume_step) as metrics):
+        stop.shield_workers(loaders.train_loader)
+        stop.shield_workers(loaders.val_loader)
+        run.train.metrics, run.train.stop = metrics, stop.agreed
+        return _train_epochs(run)
+
+
+def _initial_weights(cfg: CfgNode, info: DistInfo, derived: Derived, model, resume: str) -> None:
+    """MODEL.PRETRAINED when the run does not resume; the warning for a learning rate scaled too low."""
     if cfg.MODEL.PRETRAINED and not resume:
-        load_weights(raw, cfg.MODEL.PRETRAINED, mode="finetune")  # logs what it loaded, resized, remapped
+        load_weights(model, cfg.MODEL.PRETRAINED, mode="finetune")  # logs what it loaded, resized, remapped
     elif cfg.MODEL.PRETRAINED:
         log.info("MODEL.PRETRAINED is ignored: resuming from %s", resume)
     if info.is_main and derived.total_batch < 32:
@@ -258,7 +279,13 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
                     "where little may be learned; raise --batch-size or --accumulation-steps, or set TRAIN.BASE_LR "
                     "(and WARMUP_LR, MIN_LR) %dx higher to train at the rate of 512 images per update.",
                     cfg.TRAIN.BASE_LR, derived.total_batch, derived.base_lr, round(512 / derived.total_batch))
+
+
+def _build_run(cfg: CfgNode, info: DistInfo, derived: Derived, raw, loaders, amp: AmpPolicy) -> Run:
+    """The optimizer, the DDP/compile wrapping, the EMA, the scaler and the update step's context, from TRAIN.*;
+    the schedule, the metrics writer and the stop check are set once the run's length and files are known."""
     optimizer = build_optimizer(cfg, raw, derived.base_lr, info.device)
+    model = raw
     if info.world_size > 1:  # also broadcasts rank 0's weights, so build the EMA after this
         model = DistributedDataParallel(
             raw, device_ids=[info.device.index] if info.device.type == "cuda" else None, **_NO_BUFFER_SYNC
@@ -268,162 +295,169 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
         model = torch.compile(model)
     batches = len(loaders.train_loader)
     updates = steps_per_epoch(batches, cfg.TRAIN.ACCUMULATION_STEPS)
-    scaler = amp.make_scaler()
+    train = TrainContext(
+        optimizer=optimizer, schedule=build_schedule(cfg, derived, updates, cfg.TRAIN.EPOCHS),
+        criterion=build_criterion(cfg, loaders.mixup_fn is not None),
+        amp=amp, device=info.device, ema_source=raw, accumulation_steps=cfg.TRAIN.ACCUMULATION_STEPS,
+        clip_grad=cfg.TRAIN.CLIP_GRAD, scaler=amp.make_scaler(), ema=ema, mixup_fn=loaders.mixup_fn,
+        prepare=loaders.train_prepare, print_freq=cfg.PRINT_FREQ, max_bad_steps=cfg.TRAIN.MAX_BAD_STEPS,
+        total_epochs=cfg.TRAIN.EPOCHS, world_size=info.world_size,
+    )
     state = TrainState(epoch=cfg.TRAIN.START_EPOCH, global_step=cfg.TRAIN.START_EPOCH * updates)
-    progress = Progress()
-    if resume:
-        state, progress = restore_state(ckpt_io.load_checkpoint(resume), resume, info.rank, cfg, derived, raw,
-                                        optimizer, scaler, ema, batches)
-        where = (f"epoch {state.epoch} after {state.epoch_batches} of {batches} micro-batches" if state.epoch_batches
-                 else f"epoch {state.epoch - 1}")
-        log.info("resumed from %s (%s, step %d)", resume, where, state.global_step)
-    progress.started = started
-    epochs = progress.planned_epochs or cfg.TRAIN.EPOCHS  # the length TRAIN.TIME_BUDGET fixed, once it has
-    with (StopRequest(cfg.DIST_TIMEOUT) as stop,
-          MetricsWriter(derived.run_dir, info.is_main, resume_step=state.global_step if resume else None) as metrics):
-        stop.shield_workers(loaders.train_loader)
-        stop.shield_workers(loaders.val_loader)
-        ctx = TrainContext(
-            optimizer=optimizer, schedule=build_schedule(cfg, derived, updates, epochs),
-            criterion=build_criterion(cfg, loaders.mixup_fn is not None),
-            amp=amp, device=info.device, ema_source=raw, accumulation_steps=cfg.TRAIN.ACCUMULATION_STEPS,
-            clip_grad=cfg.TRAIN.CLIP_GRAD, scaler=scaler, ema=ema, mixup_fn=loaders.mixup_fn,
-            prepare=loaders.train_prepare, print_freq=cfg.PRINT_FREQ, max_bad_steps=cfg.TRAIN.MAX_BAD_STEPS,
-            total_epochs=epochs,
-            world_size=info.world_size, metrics=metrics, stop=stop.agreed,
-        )
-        return _train_epochs(cfg, info, derived, model, raw, loaders, amp, ctx, state, progress, updates)
+    return Run(cfg=cfg, info=info, derived=derived, model=model, raw=raw, train=train, batches=batches,
+               updates=updates, loaders=loaders, state=state)
 
 
-def _train_epochs(cfg: CfgNode, info: DistInfo, derived: Derived, model, raw, loaders, amp: AmpPolicy,
-                  ctx: TrainContext, state: TrainState, progress: Progress, updates: int) -> int:
+def _train_epochs(run: Run) -> int:
     """The epoch loop, then the final report; returns the exit code."""
+    cfg, derived, train, state = run.cfg, run.derived, run.train, run.state
     report_path = os.path.join(derived.run_dir, "eval.json")
-    if state.epoch >= ctx.total_epochs and os.path.exists(report_path):
+    if state.epoch >= train.total_epochs and os.path.exists(report_path):
         log.info("%s has finished all %d epochs and written %s: nothing to do. Train again under another --tag, or "
-                 "evaluate a checkpoint with --eval --resume CHECKPOINT.", derived.run_dir, ctx.total_epochs,
+                 "evaluate a checkpoint with --eval --resume CHECKPOINT.", derived.run_dir, train.total_epochs,
                  report_path)
         return 0
     budget = (f" (at most: TRAIN.TIME_BUDGET {cfg.TRAIN.TIME_BUDGET:g} min fixes the number after the first epoch)"
-              if cfg.TRAIN.TIME_BUDGET > 0 and not progress.planned_epochs else "")
+              if cfg.TRAIN.TIME_BUDGET > 0 and not run.progress.planned_epochs else "")
     log.info("start training: epochs %d-%d%s, %d updates per epoch, total batch %d, lr %.3e",
-             state.epoch, ctx.total_epochs - 1, budget, updates, derived.total_batch, derived.base_lr)
+             state.epoch, train.total_epochs - 1, budget, run.updates, derived.total_batch, derived.base_lr)
     final: tuple[EvalResult, bool] | None = None
     epoch = state.epoch
-    while epoch < ctx.total_epochs:  # TRAIN.TIME_BUDGET may lower total_epochs after the first epoch
+    while epoch < train.total_epochs:  # TRAIN.TIME_BUDGET may lower total_epochs after the first epoch
         state.epoch = epoch
-        final = _one_epoch(cfg, info, derived, model, raw, loaders, amp, ctx, state, progress, updates)
+        final = _one_epoch(run)
         if final is None:  # stopped by a signal; the checkpoint to resume from is written
             return 0
         epoch += 1
-    ema = ctx.ema
     if final is None:  # resumed after the last epoch: nothing left to train, evaluate what was restored
-        use_ema = bool(cfg.TEST.USE_EMA and ema is not None)
-        final = (evaluate(ema.module if use_ema else raw, loaders.val_loader, info.device, amp,
-                           prepare=loaders.val_prepare), use_ema)
-    if info.is_main:
-        result, used_ema = final
-        record = report.build_eval_record(
-            cfg, ema.module if used_ema else raw, result, progress.last_checkpoint, used_ema, info.device,
-            extra={"world_size": info.world_size, "amp_dtype": amp.dtype_name, "epochs": ctx.total_epochs,
-                   "max_accuracy": progress.max_accuracy, "best_epoch": progress.best_epoch},
-        )
-        report.write_eval_report(derived.run_dir, record)
+        use_ema = bool(cfg.TEST.USE_EMA and train.ema is not None)
+        final = (_evaluate(run, train.ema.module if use_ema else run.raw, stoppable=False), use_ema)
+    if run.info.is_main:
+        _write_final_report(run, *final)
     return 0
 
 
-def _one_epoch(cfg, info: DistInfo, derived: Derived, model, raw, loaders, amp, ctx: TrainContext,
-               state: TrainState, progress: Progress, updates: int) -> tuple[EvalResult, bool] | None:
+def _evaluate(run: Run, model, stoppable: bool = True) -> EvalResult | None:
+    """Evaluate `model` on the validation set (None: a stop signal came part way, when `stoppable`)."""
+    loaders = run.loaders
+    return evaluate(model, loaders.val_loader, run.info.device, run.train.amp, prepare=loaders.val_prepare,
+                    stop=run.train.stop if stoppable else None)
+
+
+def _write_final_report(run: Run, result: EvalResult, used_ema: bool) -> None:
+    model = run.train.ema.module if used_ema else run.raw
+    record = report.build_eval_record(
+        run.cfg, model, result, run.progress.last_checkpoint, used_ema, run.info.device,
+        extra={"world_size": run.info.world_size, "amp_dtype": run.train.amp.dtype_name,
+               "epochs": run.train.total_epochs, "max_accuracy": run.progress.max_accuracy,
+               "best_epoch": run.progress.best_epoch},
+    )
+    report.write_eval_report(run.derived.run_dir, record)
+
+
+def _one_epoch(run: Run) -> tuple[EvalResult, bool] | None:
     """Train, evaluate, record and checkpoint one epoch; returns the evaluation the report would use, or None
     when a stop signal ended the run (after saving the checkpoint to resume from)."""
+    cfg, train, state, progress, loaders = run.cfg, run.train, run.state, run.progress, run.loaders
     epoch, resumed_at = state.epoch, state.epoch_batches
-    if not state.epoch_batches:  # resuming mid-epoch: the checkpoint restored the RNG states of that moment
-        seed_everything(epoch_seed(cfg.SEED, info.rank, epoch))
+    # Train: each epoch's randomness is a pure function of (SEED, rank, epoch); resuming mid-epoch, the
+    # checkpoint restored the RNG states of that moment instead.
+    if not state.epoch_batches:
+        seed_everything(epoch_seed(cfg.SEED, run.info.rank, epoch))
     loaders.train_sampler.set_epoch(epoch, start_index=state.epoch_batches * cfg.DATA.BATCH_SIZE)
-    stats = train_one_epoch(model, loaders.train_loader, ctx, state)
+    stats = train_one_epoch(run.model, loaders.train_loader, train, state)
     eval_start = time.monotonic()
     if stats.stop_signal:
-        return _save_and_stop(cfg, info, derived, raw, ctx, state, progress, updates, stats.stop_signal)
-    result = evaluate(raw, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare, stop=ctx.stop)
-    if result is None:  # a stop signal during evaluation: the epoch is saved, its evaluation is not
-        return _save_and_stop(cfg, info, derived, raw, ctx, state, progress, updates, ctx.stop(), evaluated=False)
-    _log_eval(f"epoch {epoch}", result, len(loaders.val_set))
-    record = {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss,
-              "val_loss": result.loss, "top1_acc": result.top1_acc, "top1_err": result.top1_err,
-              "top5_acc": result.top5_acc, "top5_err": result.top5_err, "skipped": stats.skipped,
-              "epoch_s": stats.seconds}
-    reported, used_ema = result, False
-    if ctx.ema is not None:
-        ema_result = evaluate(ctx.ema.module, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare,
-                              stop=ctx.stop)
-        if ema_result is None:
-            return _save_and_stop(cfg, info, derived, raw, ctx, state, progress, updates, ctx.stop(), evaluated=False)
-        _log_eval(f"epoch {epoch} EMA", ema_result, len(loaders.val_set))
-        record.update({"ema_val_loss": ema_result.loss, "ema_top1_acc": ema_result.top1_acc,
-                       "ema_top1_err": ema_result.top1_err, "ema_top5_acc": ema_result.top5_acc,
-                       "ema_top5_err": ema_result.top5_err})
-        if cfg.TEST.USE_EMA:
-            reported, used_ema = ema_result, True
+        return _save_and_stop(run, stats.stop_signal)
+    # Evaluate the weights, then the EMA; a stop signal ends either early.
+    record = {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss}
+    reported = _evaluate_epoch(run, record)
+    if reported is None:
+        return _save_and_stop(run, train.stop(), evaluated=False)
+    record.update({"skipped": stats.skipped, "epoch_s": stats.seconds})
+    # The run's length under TRAIN.TIME_BUDGET, fixed after the first epoch.
     if cfg.TRAIN.TIME_BUDGET > 0 and not progress.planned_epochs:
         # a resumed epoch trained only part of its batches: scale its training time to the whole epoch
-        batches = len(loaders.train_loader)
-        epoch_s = stats.seconds * batches / max(batches - resumed_at, 1) + time.monotonic() - eval_start
-        _fit_to_budget(cfg, derived, ctx, progress, epoch, epoch_s, updates)
-        record["planned_epochs"] = ctx.total_epochs
-    is_best = reported.top1_acc > progress.max_accuracy or progress.best_epoch < 0
+        epoch_s = stats.seconds * run.batches / max(run.batches - resumed_at, 1) + time.monotonic() - eval_start
+        _fit_to_budget(run, epoch_s)
+        record["planned_epochs"] = train.total_epochs
+    # Record, then checkpoint (every SAVE_FREQ epochs, the last, the best, and before a stop).
+    result = reported[0]
+    is_best = result.top1_acc > progress.max_accuracy or progress.best_epoch < 0
     if is_best:
-        progress.max_accuracy, progress.best_epoch = reported.top1_acc, epoch
+        progress.max_accuracy, progress.best_epoch = result.top1_acc, epoch
     record["max_accuracy"] = progress.max_accuracy
     log.info("Max accuracy: %.2f%% (epoch %d)", progress.max_accuracy, progress.best_epoch)
-    ctx.metrics.write(record)
-    last = epoch == ctx.total_epochs - 1
-    stop_signal = ctx.stop() if ctx.stop is not None and not last else 0  # a signal during evaluation
+    train.metrics.write(record)
+    last = epoch == train.total_epochs - 1
+    stop_signal = train.stop() if train.stop is not None and not last else 0  # a signal during evaluation
     if (epoch + 1) % max(cfg.SAVE_FREQ, 1) == 0 or last or is_best or stop_signal:
-        _save(cfg, info, derived, raw, ctx, state, progress, updates)
+        _save(run)
     if stop_signal:
-        _log_stop(ctx, state, progress, stop_signal)
+        _log_stop(run, stop_signal)
         return None
-    return reported, used_ema
+    return reported
 
 
-def _save_and_stop(cfg, info: DistInfo, derived: Derived, raw, ctx: TrainContext, state: TrainState,
-                   progress: Progress, updates: int, signum: int, evaluated: bool = True) -> None:
+def _evaluate_epoch(run: Run, record: dict) -> tuple[EvalResult, bool] | None:
+    """Evaluate the epoch's weights and, with an EMA, its weights too, adding the results to `record`; returns
+    the evaluation the run reports (the EMA's under TEST.USE_EMA) and whether it is the EMA's, or None when a
+    stop signal came during evaluation."""
+    expected = len(run.loaders.val_set)
+    result = _evaluate(run, run.raw)
+    if result is None:
+        return None
+    _log_eval(f"epoch {record['epoch']}", result, expected)
+    record.update({"val_loss": result.loss, "top1_acc": result.top1_acc, "top1_err": result.top1_err,
+                   "top5_acc": result.top5_acc, "top5_err": result.top5_err})
+    if run.train.ema is None:
+        return result, False
+    ema_result = _evaluate(run, run.train.ema.module)
+    if ema_result is None:
+        return None
+    _log_eval(f"epoch {record['epoch']} EMA", ema_result, expected)
+    record.update({"ema_val_loss": ema_result.loss, "ema_top1_acc": ema_result.top1_acc,
+                   "ema_top1_err": ema_result.top1_err, "ema_top5_acc": ema_result.top5_acc,
+                   "ema_top5_err": ema_result.top5_err})
+    return (ema_result, True) if run.cfg.TEST.USE_EMA else (result, False)
+
+
+def _save_and_stop(run: Run, signum: int, evaluated: bool = True) -> None:
     """A stop signal ended the epoch's training or its evaluation: save the checkpoint to resume from (mid-epoch,
     or the finished epoch without its evaluation), say so, and return None as `_one_epoch` does for a stop."""
-    _save(cfg, info, derived, raw, ctx, state, progress, updates)
-    _log_stop(ctx, state, progress, signum, evaluated)
+    _save(run)
+    _log_stop(run, signum, evaluated)
     return None
 
 
-def _fit_to_budget(cfg: CfgNode, derived: Derived, ctx: TrainContext, progress: Progress, epoch: int,
-                   epoch_s: float, updates: int) -> None:
+def _fit_to_budget(run: Run, epoch_s: float) -> None:
     """TRAIN.TIME_BUDGET: fix the run's length to the epochs that fit the time left, from rank 0's measurement of
-    the epoch just finished (so every rank agrees), and the schedule over that length. The epochs so far were
-    warmup (the config requires it), whose learning rates do not depend on the length."""
+    the epoch just finished (`epoch_s`, so every rank agrees), and the schedule over that length. The epochs so
+    far were warmup (the config requires it), whose learning rates do not depend on the length."""
+    cfg, progress = run.cfg, run.progress
     budget_s = cfg.TRAIN.TIME_BUDGET * 60
     elapsed = time.monotonic() - progress.started
     min_epochs = math.ceil(cfg.TRAIN.WARMUP_EPOCHS) + 1
-    epochs = broadcast_object(epochs_within_budget(budget_s, elapsed, epoch_s, epoch + 1, min_epochs, cfg.TRAIN.EPOCHS))
-    progress.planned_epochs = ctx.total_epochs = epochs
-    ctx.schedule = build_schedule(cfg, derived, updates, epochs)
+    epochs = broadcast_object(epochs_within_budget(budget_s, elapsed, epoch_s, run.state.epoch + 1, min_epochs,
+                                                   cfg.TRAIN.EPOCHS))
+    progress.planned_epochs = run.train.total_epochs = epochs
+    run.train.schedule = build_schedule(cfg, run.derived, run.updates, epochs)
     log.info("TRAIN.TIME_BUDGET %g min: an epoch takes %.0f s (training and evaluation), %.0f s of the budget are "
              "left, so the run trains %d of at most %d epochs", cfg.TRAIN.TIME_BUDGET, epoch_s,
              max(budget_s - elapsed, 0.0), epochs, cfg.TRAIN.EPOCHS)
 
 
-def _save(cfg, info: DistInfo, derived: Derived, raw, ctx: TrainContext, state: TrainState, progress: Progress,
-          updates: int) -> None:
+def _save(run: Run) -> None:
     """Rank 0 writes the checkpoint (mid-epoch when state.epoch_batches > 0) and prunes old ones; a failure
     stops every rank with rank 0's message, so none is left waiting for it in a collective."""
     rng = gather_rng_states()  # every rank takes part; only rank 0 writes
-    run_dir = derived.run_dir
+    run_dir, state, progress = run.derived.run_dir, run.state, run.progress
     path = (ckpt_io.mid_epoch_checkpoint_path(run_dir, state.epoch, state.global_step) if state.epoch_batches
             else ckpt_io.checkpoint_path(run_dir, state.epoch))
     error = ""
-    if info.is_main:
+    if run.info.is_main:
         try:
-            ckpt_io.save_checkpoint(path, checkpoint_state(cfg, derived, raw, ctx.optimizer, ctx.scaler, ctx.ema,
-                                                           state, progress, rng, updates))
+            ckpt_io.save_checkpoint(path, checkpoint_state(run, rng))
         except ckpt_io.CheckpointError as e:
             error = str(e)
         except OSError as e:  # e.g. ENOSPC: atomic_write has already removed its partial file
@@ -434,22 +468,23 @@ def _save(cfg, info: DistInfo, derived: Derived, raw, ctx: TrainContext, state: 
     if error:
         raise ckpt_io.CheckpointError(error)
     progress.last_checkpoint = path
-    if info.is_main:
+    if run.info.is_main:
         log.info("saved %s", path)
         best = ckpt_io.checkpoint_path(run_dir, progress.best_epoch)
         try:
-            ckpt_io.prune_checkpoints(run_dir, cfg.TRAIN.KEEP_LAST, keep={best})
+            ckpt_io.prune_checkpoints(run_dir, run.cfg.TRAIN.KEEP_LAST, keep={best})
         except OSError as e:  # never fatal: the new checkpoint is safe
             log.warning("Could not remove old checkpoints in %s: %s", run_dir, e)
 
 
-def _log_stop(ctx: TrainContext, state: TrainState, progress: Progress, signum: int, evaluated: bool = True) -> None:
+def _log_stop(run: Run, signum: int, evaluated: bool = True) -> None:
+    state, checkpoint = run.state, run.progress.last_checkpoint
     where = f"part way through epoch {state.epoch}" if state.epoch_batches else f"after epoch {state.epoch}"
     if not evaluated:
         log.info("The stop signal came during epoch %d's evaluation: the epoch is saved, its evaluation is not.",
                  state.epoch)
     log.info("Stopping on %s (update %d, %s); saved %s. Run the same command again to resume from there.",
-             signal_name(signum), state.global_step, where, progress.last_checkpoint)
-    if ctx.metrics is not None:
-        ctx.metrics.write({"kind": "stop", "epoch": state.epoch, "step": state.global_step,
-                           "signal": signal_name(signum), "checkpoint": progress.last_checkpoint})
+             signal_name(signum), state.global_step, where, checkpoint)
+    if run.train.metrics is not None:
+        run.train.metrics.write({"kind": "stop", "epoch": state.epoch, "step": state.global_step,
+                                 "signal": signal_name(signum), "checkpoint": checkpoint})

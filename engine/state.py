@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-import torch
-from timm.utils import ModelEmaV3
 from torch import nn
 from yacs.config import CfgNode
 
 from configs import Derived, dump_config
 from engine.checkpoint import CheckpointError, capture_rng_state, restore_rng_state
-from engine.distributed import all_gather_object
+from engine.distributed import DistInfo, all_gather_object
 from engine.ema import ema_state, load_ema_state
-from engine.optim import steps_per_epoch
-from engine.train import TrainState
+from engine.train import TrainContext, TrainState
 from models.weights import WeightsError, load_weights
 
 log = logging.getLogger(__name__)
@@ -42,23 +40,39 @@ class Progress:
     started: float = 0.0  # time.monotonic() when this process started the run (not saved)
 
 
+@dataclass
+class Run:
+    """One training run, built once by engine.run and passed down: what an epoch, an update, a save and a
+    restore need."""
+
+    cfg: CfgNode
+    info: DistInfo
+    derived: Derived
+    model: nn.Module  # what the training step calls: `raw` inside DDP and/or torch.compile
+    raw: nn.Module  # the model itself: its weights are saved and evaluated, and the EMA follows them
+    train: TrainContext  # optimizer, schedule, scaler, EMA, ... of the update step
+    batches: int  # micro-batches per epoch (per rank)
+    updates: int  # optimizer updates per epoch
+    loaders: Any = None  # data.Loaders
+    state: TrainState = field(default_factory=TrainState)
+    progress: Progress = field(default_factory=Progress)
+
+
 def gather_rng_states() -> list[dict]:
     """Every rank's RNG state, in rank order (a collective: call it on all ranks)."""
     return all_gather_object(capture_rng_state())
 
 
-def checkpoint_state(
-    cfg: CfgNode, derived: Derived, model: nn.Module, optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None, ema: ModelEmaV3 | None, state: TrainState, progress: Progress,
-    rng: list[dict], updates_per_epoch: int,
-) -> dict:
-    """The dict saved after epoch `state.epoch` finished, or part way through it when state.epoch_batches > 0."""
+def checkpoint_state(run: Run, rng: list[dict]) -> dict:
+    """The dict saved after epoch `run.state.epoch` finished, or part way through it when state.epoch_batches > 0;
+    `rng` holds every rank's RNG state (gather_rng_states)."""
+    cfg, state, progress, train = run.cfg, run.state, run.progress, run.train
     out = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": {"step": state.global_step, "updates_per_epoch": updates_per_epoch},
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "ema": ema_state(ema) if ema is not None else {},
+        "model": run.raw.state_dict(),
+        "optimizer": train.optimizer.state_dict(),
+        "lr_scheduler": {"step": state.global_step, "updates_per_epoch": run.updates},
+        "scaler": train.scaler.state_dict() if train.scaler is not None else {},
+        "ema": ema_state(train.ema) if train.ema is not None else {},
         "epoch": state.epoch,
         "global_step": state.global_step,
         "max_accuracy": progress.max_accuracy,
@@ -66,13 +80,13 @@ def checkpoint_state(
         "planned_epochs": progress.planned_epochs,
         "rng": rng,
         "config": dump_config(cfg),
-        "derived": derived.as_dict(),
+        "derived": run.derived.as_dict(),
     }
     if state.epoch_batches:
         out["epoch"] = state.epoch - 1
         out["epoch_progress"] = {
             "epoch": state.epoch, "micro_batches": state.epoch_batches, "batch_size": cfg.DATA.BATCH_SIZE,
-            "accumulation_steps": cfg.TRAIN.ACCUMULATION_STEPS, "world_size": derived.world_size,
+            "accumulation_steps": cfg.TRAIN.ACCUMULATION_STEPS, "world_size": run.derived.world_size,
             "loss_sum": state.epoch_loss[0], "loss_count": state.epoch_loss[1],
         }
     return out
@@ -87,14 +101,12 @@ def _require(ckpt: dict, path: str, *keys: str) -> None:
         )
 
 
-def restore_state(
-    ckpt: dict, path: str, rank: int, cfg: CfgNode, derived: Derived, model: nn.Module,
-    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, ema: ModelEmaV3 | None,
-    batches_per_epoch: int,
-) -> tuple[TrainState, Progress]:
-    """Load a training checkpoint into the live objects; return the state to continue from (the next epoch,
-    or the saved position inside an epoch that was stopped part way)."""
+def restore_state(ckpt: dict, path: str, run: Run) -> tuple[TrainState, Progress]:
+    """Load a training checkpoint into the run's live objects (weights, optimizer, scaler, EMA, this rank's RNG);
+    return the state to continue from (the next epoch, or the saved position inside an epoch that was stopped
+    part way)."""
     _require(ckpt, path, "model", "optimizer", "epoch", "global_step")
+    derived, model, train = run.derived, run.raw, run.train
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -102,24 +114,24 @@ def restore_state(
             f"Checkpoint {path} does not fit this model ({str(e).splitlines()[0]}...). Resume with the "
             "config the checkpoint was trained with (its config.yaml sits next to it)."
         ) from None
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    if ema is not None:
+    train.optimizer.load_state_dict(ckpt["optimizer"])
+    if train.scaler is not None and ckpt.get("scaler"):
+        train.scaler.load_state_dict(ckpt["scaler"])
+    if train.ema is not None:
         if ckpt.get("ema"):
-            load_ema_state(ema, ckpt["ema"])
+            load_ema_state(train.ema, ckpt["ema"])
         else:
             log.warning("Checkpoint %s has no EMA weights; the EMA restarts from the current weights.", path)
-            load_ema_state(ema, model.state_dict())
-    _warn_if_changed(ckpt, path, derived, steps_per_epoch(batches_per_epoch, cfg.TRAIN.ACCUMULATION_STEPS))
+            load_ema_state(train.ema, model.state_dict())
+    _warn_if_changed(ckpt, path, derived, run.updates)
     rng = ckpt.get("rng") or []
     if len(rng) == derived.world_size:
-        restore_rng_state(rng[rank])
+        restore_rng_state(rng[run.info.rank])
     else:
         log.warning("Checkpoint %s holds RNG states of %d ranks, this run has %d; they are not restored.",
                     path, len(rng), derived.world_size)
     state = TrainState(epoch=int(ckpt["epoch"]) + 1, global_step=int(ckpt["global_step"]))
-    state.epoch_batches = _mid_epoch_position(ckpt, path, cfg, derived, state.epoch, batches_per_epoch)
+    state.epoch_batches = _mid_epoch_position(ckpt, path, run, state.epoch)
     if state.epoch_batches:  # the loss of the part already trained, so the epoch's mean covers all of it
         saved = ckpt["epoch_progress"]
         state.epoch_loss = (float(saved.get("loss_sum", 0.0)), float(saved.get("loss_count", 0.0)))
@@ -140,14 +152,14 @@ def _warn_if_changed(ckpt: dict, path: str, derived: Derived, updates_per_epoch:
                     "update %d.", path, saved_upe, updates_per_epoch, ckpt["global_step"])
 
 
-def _mid_epoch_position(ckpt: dict, path: str, cfg: CfgNode, derived: Derived, epoch: int,
-                        batches_per_epoch: int) -> int:
+def _mid_epoch_position(ckpt: dict, path: str, run: Run, epoch: int) -> int:
     """Micro-batches of `epoch` the checkpoint already trained on (0: start the epoch from its beginning)."""
     saved = ckpt.get("epoch_progress")
     if not saved:
         return 0
+    cfg, batches_per_epoch = run.cfg, run.batches
     now = {"epoch": epoch, "batch_size": cfg.DATA.BATCH_SIZE, "accumulation_steps": cfg.TRAIN.ACCUMULATION_STEPS,
-           "world_size": derived.world_size}
+           "world_size": run.derived.world_size}
     changed = [f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v]
     micro = int(saved.get("micro_batches", 0))
     if micro > batches_per_epoch:

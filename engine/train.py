@@ -159,6 +159,45 @@ class _Meters:
         self.grad_norm.copy_(grad_norm.detach())
 
 
+def _forward_backward(model: nn.Module, ctx: TrainContext, images: torch.Tensor, targets: torch.Tensor,
+                      group_size: int, sync: bool) -> torch.Tensor:
+    """Forward and backward of one micro-batch, its loss divided by the size of its accumulation group; DDP
+    all-reduces the gradients only when `sync`. Returns the (undivided, detached) loss."""
+    images = images.to(ctx.device, non_blocking=True)
+    targets = targets.to(ctx.device, non_blocking=True)
+    if ctx.prepare is not None:
+        images = ctx.prepare(images)
+    if ctx.mixup_fn is not None:
+        images, targets = ctx.mixup_fn(images, targets)
+    with _grad_sync(model, sync):
+        with ctx.amp.autocast():
+            loss = ctx.criterion(model(images), targets)
+        scaled = loss / group_size
+        (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
+    return loss.detach()
+
+
+def _update(ctx: TrainContext, state: TrainState, params: list[torch.Tensor], meters: _Meters,
+            group_bad: torch.Tensor) -> None:
+    """One optimizer update from the accumulated gradients, at the scheduled learning rate; skipped on every rank
+    when a micro-batch loss of the group (`group_bad`) or the gradient norm is not finite on any rank. Then the
+    EMA follows, and the update is counted whether it was skipped or not."""
+    opt = ctx.optimizer
+    set_lr(opt, ctx.schedule.lr_at(state.global_step))
+    if ctx.scaler is not None:
+        ctx.scaler.unscale_(opt)
+    grad_norm = _total_norm(params, ctx.clip_grad).to(ctx.device)
+    bad = group_bad | ~torch.isfinite(grad_norm)
+    if ctx.world_size > 1:  # a loss that is non-finite on one rank must skip the update on all ranks
+        bad = all_reduce_sum(bad.float()) > 0
+    _optimizer_step(ctx, bad)
+    opt.zero_grad(set_to_none=True)
+    meters.add_update(bad, grad_norm)
+    state.global_step += 1
+    if ctx.ema is not None:
+        ema_update(ctx.ema, ctx.ema_source, state.global_step)
+
+
 def _check_bad(bad_max: float, bad_total: float, ctx: TrainContext, state: TrainState) -> None:
     if ctx.max_bad_steps and bad_max >= ctx.max_bad_steps:
         raise NonFiniteTrainingError(
@@ -179,59 +218,31 @@ def train_one_epoch(model: nn.Module, loader: Iterable, ctx: TrainContext, state
     `ctx.stop` ended it (its position for a later call).
     """
     model.train()
-    opt, device, acc = ctx.optimizer, ctx.device, ctx.accumulation_steps
+    opt, acc, done = ctx.optimizer, ctx.accumulation_steps, state.epoch_batches
     params = [p for g in opt.param_groups for p in g["params"]]
-    done = state.epoch_batches
     num_batches = done + len(loader)
     updates = steps_per_epoch(num_batches, acc)
-    meters = _Meters(device)
-    group_bad = torch.zeros((), dtype=torch.bool, device=device)
+    meters = _Meters(ctx.device)
+    group_bad = torch.zeros((), dtype=torch.bool, device=ctx.device)  # a non-finite loss in the current group
     opt.zero_grad(set_to_none=True)
-
     start = last_time = time.perf_counter()
-    images_since = 0
+    images_since, stop_signal = 0, 0
     first_update = update_idx = steps_per_epoch(done, acc)
-    stop_signal = 0
     for idx, (images, targets) in enumerate(loader, start=done):
         group_start = idx - idx % acc
         group_size = min(acc, num_batches - group_start)
         last_micro = idx == group_start + group_size - 1
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if ctx.prepare is not None:
-            images = ctx.prepare(images)
-        if ctx.mixup_fn is not None:
-            images, targets = ctx.mixup_fn(images, targets)
+        # Forward and backward of one micro-batch; the gradients are all-reduced on the group's last one.
+        group_bad |= meters.add_loss(_forward_backward(model, ctx, images, targets, group_size, last_micro))
         images_since += images.shape[0]
-
-        with _grad_sync(model, last_micro):
-            with ctx.amp.autocast():
-                outputs = model(images)
-                loss = ctx.criterion(outputs, targets)
-            scaled = loss / group_size
-            (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
-        group_bad |= meters.add_loss(loss.detach())
         if not last_micro:
             continue
-
-        set_lr(opt, ctx.schedule.lr_at(state.global_step))
-        if ctx.scaler is not None:
-            ctx.scaler.unscale_(opt)
-        grad_norm = _total_norm(params, ctx.clip_grad).to(device)
-        bad = group_bad | ~torch.isfinite(grad_norm)
-        if ctx.world_size > 1:  # a loss that is non-finite on one rank must skip the update on all ranks
-            bad = all_reduce_sum(bad.float()) > 0
-        _optimizer_step(ctx, bad)
-        opt.zero_grad(set_to_none=True)
-        meters.add_update(bad, grad_norm)
+        # The update, then the stop check every rank takes part in, then (every PRINT_FREQ updates) the log line.
+        _update(ctx, state, params, meters, group_bad)
         group_bad.zero_()
-        state.global_step += 1
         state.epoch_batches = idx + 1
         update_idx += 1
-        if ctx.ema is not None:
-            ema_update(ctx.ema, ctx.ema_source, state.global_step)
         stop_signal = ctx.stop() if ctx.stop is not None else 0
-
         if (ctx.print_freq and (update_idx - 1) % ctx.print_freq == 0) or update_idx == updates or stop_signal:
             now = time.perf_counter()
             _log_step(ctx, state, meters, update_idx, updates, images_since / max(now - last_time, 1e-9),
@@ -239,9 +250,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, ctx: TrainContext, state
             images_since, last_time = 0, time.perf_counter()
         if stop_signal:
             break
-
+    # The epoch's mean loss over every rank (with the part before a stop), the divergence check, the summary line.
     loss_sum, loss_count = all_reduce_sum(torch.stack([meters.loss_sum, meters.loss_count])).tolist()
-    loss_sum, loss_count = loss_sum + state.epoch_loss[0], loss_count + state.epoch_loss[1]  # the part before a stop
+    loss_sum, loss_count = loss_sum + state.epoch_loss[0], loss_count + state.epoch_loss[1]
     bad_max, bad_total = meters.bad_max.item(), meters.bad_total.item()
     _check_bad(bad_max, bad_total, ctx, state)
     seconds = time.perf_counter() - start

@@ -11,8 +11,9 @@ import torch
 
 import engine.checkpoint as ck
 from configs import derive
-from engine.distributed import StopRequest, peer_failure_message
-from engine.state import Progress, checkpoint_state, restore_state
+from engine.distributed import DistInfo, StopRequest, peer_failure_message
+from engine.optim import steps_per_epoch
+from engine.state import Run, checkpoint_state, restore_state
 from engine.train import TrainState, train_one_epoch
 from tests.engine.engine_helpers import fixed_batches, sgd_context, tiny_cfg, tiny_model
 
@@ -86,22 +87,27 @@ def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
     assert ck.remove_stale_temp_files(str(tmp_path / "missing")) == []
 
 
+def _run_of(cfg, model, batches: int) -> Run:
+    return Run(cfg=cfg, info=DistInfo(0, 1, 0, torch.device("cpu")), derived=derive(cfg, 1, 10), model=model,
+               raw=model, train=sgd_context(model), batches=batches,
+               updates=steps_per_epoch(batches, cfg.TRAIN.ACCUMULATION_STEPS))
+
+
 def test_mid_epoch_checkpoint_round_trip_and_changed_layout(caplog):
     cfg = tiny_cfg("DATA.BATCH_SIZE", "8", "TRAIN.ACCUMULATION_STEPS", "2")
-    derived = derive(cfg, 1, 10)
-    model = tiny_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    state = TrainState(epoch=3, global_step=40, epoch_batches=6, epoch_loss=(13.5, 6.0))
-    ckpt = checkpoint_state(cfg, derived, model, opt, None, None, state, Progress(), [ck.capture_rng_state()], 9)
+    run = _run_of(cfg, tiny_model(), 18)
+    run.state = TrainState(epoch=3, global_step=40, epoch_batches=6, epoch_loss=(13.5, 6.0))
+    ckpt = checkpoint_state(run, [ck.capture_rng_state()])
     assert ckpt["epoch"] == 2 and ckpt["epoch_progress"] == {
         "epoch": 3, "micro_batches": 6, "batch_size": 8, "accumulation_steps": 2, "world_size": 1,
         "loss_sum": 13.5, "loss_count": 6.0}
-    back, _ = restore_state(ckpt, "c.pth", 0, cfg, derived, model, opt, None, None, batches_per_epoch=18)
+    assert ckpt["lr_scheduler"] == {"step": 40, "updates_per_epoch": 9}
+    back, _ = restore_state(ckpt, "c.pth", _run_of(cfg, tiny_model(1), 18))
     assert (back.epoch, back.global_step, back.epoch_batches, back.epoch_loss) == (3, 40, 6, (13.5, 6.0))
 
     other = tiny_cfg("DATA.BATCH_SIZE", "4", "TRAIN.ACCUMULATION_STEPS", "2")
     with caplog.at_level(logging.WARNING):
-        back, _ = restore_state(ckpt, "c.pth", 0, other, derive(other, 1, 10), model, opt, None, None, 36)
+        back, _ = restore_state(ckpt, "c.pth", _run_of(other, tiny_model(1), 36))
     assert (back.epoch, back.global_step, back.epoch_batches, back.epoch_loss) == (3, 40, 0, (0.0, 0.0))
     assert "batch_size 8 -> 4" in caplog.text and "epoch 3 restarts from its first batch" in caplog.text
 
