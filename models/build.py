@@ -57,7 +57,7 @@ def run_name(cfg: Any) -> Tuple[str, List[str]]:
     if claimed is None:
         return cfg.MODEL.NAME, []
     defaults = {k: p.default for k, p in inspect.signature(SwinTransformer).parameters.items()}
-    expected = {**defaults, **ZOO[claimed].kwargs(), "patch_size": 4}
+    expected = {**defaults, **ZOO[claimed].kwargs()}
     actual = swin_kwargs(cfg)
     changes = [f"{_config_key(k)} {_plain(actual[k])} ({claimed} has {_plain(expected[k])})"
                for k in ARCH_KEYS if _plain(actual[k]) != _plain(expected[k])]

@@ -1,4 +1,8 @@
-"""The Swin variants of the paper: one table of official names, hyperparameters and exact parameter counts."""
+"""The Swin variants of the paper: one table of official names, hyperparameters and exact parameter counts.
+
+It is the only one: the YAML configs of these models and scripts/benchmark.py are checked against it
+(tests/configs/test_variants.py), and a config that changes a registered model's architecture does not go by its
+name (models.build.run_name)."""
 import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -18,11 +22,12 @@ class Variant:
     window_size: int
     img_size: int
     params: int
+    patch_size: int = 4
 
     def kwargs(self) -> Dict[str, Any]:
-        """SwinTransformer keyword arguments of this variant."""
+        """SwinTransformer keyword arguments of this variant (its architecture; not the classes or drop rates)."""
         return dict(embed_dim=self.embed_dim, depths=self.depths, num_heads=self.num_heads,
-                    window_size=self.window_size, img_size=self.img_size)
+                    window_size=self.window_size, img_size=self.img_size, patch_size=self.patch_size)
 
 
 _T, _S = (2, 2, 6, 2), (2, 2, 18, 2)

@@ -20,8 +20,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,52 +37,40 @@ SETTINGS = ("train_fp32", "train_bf16", "infer_fp32", "infer_bf16")
 IMPLS = ("ours", "ours_eager", "ours_sdpa", "ours_compiled", "timm", "torchvision")
 
 
-@dataclass(frozen=True)
-class Arch:
-    """The hyperparameters all three implementations are built with."""
-
-    embed_dim: int
-    depths: Tuple[int, ...]
-    num_heads: Tuple[int, ...]
-    window_size: int
-    img_size: int
-    patch_size: int = 4
-    num_classes: int = 1000
-
-
 # a test-sized architecture (not a paper model) so the whole benchmark runs in seconds
-TINY = Arch(embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=32, num_classes=10)
+TINY = dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=32, patch_size=4, num_classes=10)
 
 
-def arch_of(name: str) -> Arch:
-    """The architecture of a registered model name (short forms like "base" allowed), or "tiny"."""
+def arch_of(name: str) -> Dict[str, Any]:
+    """The keyword arguments all three implementations are built with: a registered model's architecture from
+    models.ZOO (short forms like "base" allowed) with 1000 classes, or "tiny"."""
     if name == "tiny":
-        return TINY
+        return dict(TINY)
     full = [n for n in models.list_models() if n == name or n.split("_")[1] == name]
     if not full:
         raise SystemExit(f"error: unknown --model {name!r}; use tiny or one of {', '.join(models.list_models())}")
-    v = models.ZOO[full[0]]
-    return Arch(v.embed_dim, tuple(v.depths), tuple(v.num_heads), v.window_size, v.img_size)
+    return {**models.ZOO[full[0]].kwargs(), "num_classes": 1000}
 
 
-def build(impl: str, arch: Arch, device: torch.device, drop_path: float = 0.1,
+def build(impl: str, arch: Dict[str, Any], device: torch.device, drop_path: float = 0.1,
           use_checkpoint: bool = False) -> nn.Module:
     """One implementation of `arch` on `device`, in train mode."""
     if impl.startswith("ours"):
         kind = {"ours_eager": "eager", "ours_sdpa": "sdpa"}.get(impl, resolve_attn_impl("auto", device))
-        model = models.SwinTransformer(**asdict(arch), drop_path_rate=drop_path, use_checkpoint=use_checkpoint,
+        model = models.SwinTransformer(**arch, drop_path_rate=drop_path, use_checkpoint=use_checkpoint,
                                        attn_impl=kind)
     elif impl == "timm":
         import timm
 
         model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, drop_path_rate=drop_path,
-                                  **asdict(arch))
+                                  **arch)
     elif impl == "torchvision":
         from torchvision.models.swin_transformer import SwinTransformer
 
         # built from the class: the swin_t/s/b builders fix stochastic_depth_prob, which must match the others
-        model = SwinTransformer([arch.patch_size] * 2, arch.embed_dim, list(arch.depths), list(arch.num_heads),
-                                [arch.window_size] * 2, stochastic_depth_prob=drop_path, num_classes=arch.num_classes)
+        model = SwinTransformer([arch["patch_size"]] * 2, arch["embed_dim"], list(arch["depths"]),
+                                list(arch["num_heads"]), [arch["window_size"]] * 2, stochastic_depth_prob=drop_path,
+                                num_classes=arch["num_classes"])
     else:
         raise SystemExit(f"error: unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")
     model = model.to(device).train()
@@ -96,12 +83,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(model: nn.Module, setting: str, arch: Arch, batch: int, device: torch.device) -> Callable[[], None]:
+def make_step(model: nn.Module, setting: str, arch: Dict[str, Any], batch: int, device: torch.device) -> Callable[[], None]:
     """A closure running one iteration of `setting` (e.g. "train_bf16") on a fixed random batch."""
     train, bf16 = setting.startswith("train"), setting.endswith("bf16")
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, arch.img_size, arch.img_size, generator=g).to(device)
-    y = torch.randint(arch.num_classes, (batch,), generator=g).to(device)
+    x = torch.randn(batch, 3, arch["img_size"], arch["img_size"], generator=g).to(device)
+    y = torch.randint(arch["num_classes"], (batch,), generator=g).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     if not train:
         model.eval()
@@ -210,10 +197,10 @@ class SavedTensorCounter:
         self._hooks.__exit__(*exc)
 
 
-def activation_memory(arch: Arch, batch: int, device: torch.device) -> Dict[str, float]:
+def activation_memory(arch: Dict[str, Any], batch: int, device: torch.device) -> Dict[str, float]:
     """Bytes saved for backward per image by our model in train mode (fp32), without and with checkpointing."""
     out: Dict[str, float] = {}
-    x = torch.randn(batch, 3, arch.img_size, arch.img_size, device=device)
+    x = torch.randn(batch, 3, arch["img_size"], arch["img_size"], device=device)
     for key, ckpt in (("no_checkpoint", False), ("checkpoint", True)):
         torch.manual_seed(0)
         model = build("ours", arch, device, use_checkpoint=ckpt)
@@ -243,7 +230,7 @@ def run(args: argparse.Namespace) -> dict:
     arch = arch_of(args.model)
     impls = args.impls or default_impls(device, args.compile)
     result: dict = {
-        "model": args.model, "arch": asdict(arch), "device": device.type, "device_name": device_name(device),
+        "model": args.model, "arch": arch, "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "batch": args.batch, "threads": torch.get_num_threads(), "iters": args.iters,
         "repeats": args.repeats, "warmup": args.warmup, "drop_path": 0.1, "optimizer": "AdamW(fused=True)",
         "impls": impls,

@@ -142,8 +142,8 @@ from scripts import benchmark as B
 dev, arch = torch.device(os.environ["GC_DEVICE"]), B.arch_of(os.environ["GC_MODEL"])
 torch.manual_seed(0)
 model = B.build("ours_eager", arch, dev, drop_path=0.0)  # no drop path: train-mode passes are deterministic
-x = torch.randn(8, 3, arch.img_size, arch.img_size, device=dev)
-y = torch.randint(arch.num_classes, (8,), device=dev)
+x = torch.randn(8, 3, arch["img_size"], arch["img_size"], device=dev)
+y = torch.randint(arch["num_classes"], (8,), device=dev)
 table = model.layers[0].blocks[-1].attn.relative_position_bias_table  # a shifted block: bias + mask
 
 def run(impl, dtype, backend):
@@ -229,7 +229,7 @@ dev, arch = torch.device(os.environ["GC_DEVICE"]), B.arch_of(os.environ["GC_MODE
 batch = int(os.environ["GC_BATCH"])
 torch.manual_seed(0)
 model = B.build("ours", arch, dev, drop_path=0.0).eval()
-x = torch.randn(batch, 3, arch.img_size, arch.img_size, device=dev)
+x = torch.randn(batch, 3, arch["img_size"], arch["img_size"], device=dev)
 for mode in ("eval", "train"):  # graph breaks make compile fall back to eager, silently
     model.train(mode == "train")
     with torch.set_grad_enabled(mode == "train"):
@@ -272,8 +272,8 @@ sys.path.insert(0, os.getcwd())
 from scripts import benchmark as B
 
 dev, arch = torch.device(os.environ["GC_DEVICE"]), B.arch_of(os.environ["GC_MODEL"])
-x = torch.randn(8, 3, arch.img_size, arch.img_size, device=dev)
-y = torch.randint(arch.num_classes, (8,), device=dev)
+x = torch.randn(8, 3, arch["img_size"], arch["img_size"], device=dev)
+y = torch.randint(arch["num_classes"], (8,), device=dev)
 for name, make in (("AdamW fused", lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True)),
                    ("SGD fused", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, fused=True))):
     torch.manual_seed(0)
