@@ -2,11 +2,13 @@
 
 Two kernels give the same result: "eager" follows the official operation order (q * scale, q @ k^T, + bias,
 + mask, softmax, @ v) and "sdpa" calls F.scaled_dot_product_attention with the bias and the shift mask
-combined into one additive mask. In no-grad forwards on CPU the combined bias comes from a `BiasCache`, so
-inference pays for the table gather once per table value.
+combined into one additive mask. Which one a forward runs is `choose_kernel`'s decision, kept apart from the
+maths. In no-grad forwards on CPU the combined bias comes from a `BiasCache`, so inference pays for the table
+gather once per table value.
 """
 import logging
-from typing import Callable, Dict, Optional, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,31 @@ from .window import relative_position_index
 log = logging.getLogger(__name__)
 
 ATTN_IMPLS = ("eager", "sdpa")
+_forced: Optional[str] = None  # set by forced_kernel()
+
+
+@contextmanager
+def forced_kernel(attn_impl: str) -> Iterator[None]:
+    """Inside the block every WindowAttention runs `attn_impl`, whatever it was built with (FLOP counting runs
+    "eager" so that FlopCounterMode sees the attention products)."""
+    global _forced
+    if attn_impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+    before, _forced = _forced, attn_impl
+    try:
+        yield
+    finally:
+        _forced = before
+
+
+def choose_kernel(attn_impl: str, device_type: str, dtype: torch.dtype, bias_trains: bool) -> str:
+    """The kernel one forward runs: `attn_impl` (or the forced one), except that on CPU the eager products win
+    twice: SDPA has no fused kernel for a bias that needs a gradient (it would run its slower math kernel), and in
+    low precision its flash kernel is slower than eager for windows this small (benchmarks/README.md)."""
+    impl = _forced or attn_impl
+    if impl == "sdpa" and device_type == "cpu" and (bias_trains or dtype != torch.float32):
+        return "eager"
+    return impl
 
 
 class BiasCache:
@@ -137,11 +164,7 @@ class WindowAttention(nn.Module):
         b_, n, c = x.shape
         heads = self.num_heads
         qkv = self.qkv(x).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # 3, B*nW, heads, N, hd
-        # On CPU the eager products win twice: SDPA has no fused kernel for a mask that needs a gradient (it
-        # would run its slower math kernel), and in bf16 its flash kernel is slower than eager for windows this
-        # small (Swin-T inference, batch 8, 2 threads: 43 ms in SDPA against 35 ms for eager's softmax + bmm)
-        cpu_eager = qkv.device.type == "cpu" and (self._table_trains() or qkv.dtype != torch.float32)
-        if self.attn_impl == "sdpa" and not cpu_eager:
+        if choose_kernel(self.attn_impl, qkv.device.type, qkv.dtype, self._table_trains()) == "sdpa":
             x = self._sdpa(qkv, mask)
         else:
             x = self._eager(qkv, mask)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attention import WindowAttention
+from .attention import forced_kernel
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +25,12 @@ def count_flops(model: nn.Module, img_size: Union[int, Tuple[int, int]], in_chan
     """
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     param = next(model.parameters())
-    attns = [m for m in model.modules() if isinstance(m, WindowAttention)]
-    impls = [m.attn_impl for m in attns]
     was_training = model.training
     try:
-        for m in attns:
-            m.attn_impl = "eager"
         model.eval()
         counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
+        with torch.no_grad(), counter, forced_kernel("eager"):
             model(torch.zeros(1, in_chans, h, w, device=param.device, dtype=param.dtype))
     finally:
-        for m, impl in zip(attns, impls):
-            m.attn_impl = impl
         model.train(was_training)
     return counter.get_total_flops() // 2  # FlopCounterMode counts 2 per multiply-add
