@@ -7,7 +7,7 @@ import torch
 
 import data
 from data.errors import NumClassesMismatchError
-from tests.data.conftest import make_cfg
+from tests.helpers.data import make_cfg
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,7 @@ from data.base import seeded_rngs
 from data.fast import FastOptions, FastPipeline, draft_factor, resized_crop_uint8, to_normalized_tensor
 from data.images import decode_rgb
 from data.transforms import build_transform
-from tests.data.conftest import make_cfg
+from tests.helpers.data import make_cfg
 
 
 @pytest.fixture(scope="module")

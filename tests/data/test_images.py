@@ -11,7 +11,7 @@ from data import CorruptImageError, build_loaders, corrupt_count
 from data.folder import FolderDataset
 from data.images import decode_rgb
 from data.transforms import build_transform
-from tests.data.conftest import make_cfg, write_folder
+from tests.helpers.data import make_cfg, write_folder
 
 
 def _odd_images(d):

@@ -14,7 +14,7 @@ from data.fashion_mnist import FashionMNIST
 from data.folder import FolderDataset
 from data.imagenet22k import IN22K_CLASSES, IN22KDataset
 from data.zipped import ZipMapDataset
-from tests.data.conftest import load_script, make_cfg, write_folder
+from tests.helpers.data import load_script, make_cfg, write_folder
 
 @pytest.fixture(scope="module")
 def zipped(tmp_path_factory):

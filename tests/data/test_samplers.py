@@ -8,7 +8,7 @@ from torch.utils.data import DistributedSampler
 
 from data import build_loaders
 from data.samplers import DistributedTrainSampler, ExactEvalSampler, RASampler, ShardTrainSampler
-from tests.data.conftest import make_cfg
+from tests.helpers.data import make_cfg
 
 
 def _idx(sampler):

@@ -11,7 +11,8 @@ import torch
 import engine
 from configs import ConfigError, derive, get_config
 from engine.optim import build_schedule, epochs_within_budget
-from tests.engine.engine_helpers import SHORT_RUN, TINY_SWIN
+from tests.helpers.engine import SHORT_RUN, TINY_SWIN
+from tests.helpers.processes import records
 
 # 32 images, batch 8: 4 updates per epoch; at most 5 epochs, 1 of warmup
 OPTS = TINY_SWIN + SHORT_RUN + ["TRAIN.EPOCHS", "5", "MODEL.DROP_PATH_RATE", "0.1"]
@@ -40,14 +41,9 @@ def _run(tmp_path, *opts: str) -> str:
     return os.path.join(str(tmp_path), cfg.MODEL.NAME, cfg.TAG)
 
 
-def _records(run_dir: str, kind: str) -> list[dict]:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == kind]
-
-
 def test_a_spent_budget_ends_after_warmup_plus_one_epoch_and_resumes_with_that_length(tmp_path):
     run_dir = _run(tmp_path, "TRAIN.TIME_BUDGET", "1e-6")
-    epochs = _records(run_dir, "epoch")
+    epochs = records(run_dir, "epoch")
     assert [r["epoch"] for r in epochs] == [0, 1] and epochs[0]["planned_epochs"] == 2
     with open(os.path.join(run_dir, "eval.json")) as f:
         assert json.load(f)["epochs"] == 2
@@ -56,7 +52,7 @@ def test_a_spent_budget_ends_after_warmup_plus_one_epoch_and_resumes_with_that_l
     # the decay ran over the 2 planned epochs, not over TRAIN.EPOCHS
     cfg = get_config(None, OPTS)
     planned, full = build_schedule(cfg, derive(cfg), 4, 2), build_schedule(cfg, derive(cfg), 4)
-    last = _records(run_dir, "step")[-1]  # logged after update 7, the run's last
+    last = records(run_dir, "step")[-1]  # logged after update 7, the run's last
     assert last["step"] == 8 and last["lr"] == pytest.approx(planned.lr_at(7), rel=1e-6) != full.lr_at(7)
 
     # resumed after epoch 0 with a budget that would now allow every epoch: the saved length stands, and the
@@ -72,5 +68,5 @@ def test_a_spent_budget_ends_after_warmup_plus_one_epoch_and_resumes_with_that_l
 
 def test_an_ample_budget_trains_every_epoch(tmp_path):
     run_dir = _run(tmp_path, "TRAIN.TIME_BUDGET", "1000", "TRAIN.EPOCHS", "3")
-    assert [r["epoch"] for r in _records(run_dir, "epoch")] == [0, 1, 2]
-    assert _records(run_dir, "epoch")[0]["planned_epochs"] == 3
+    assert [r["epoch"] for r in records(run_dir, "epoch")] == [0, 1, 2]
+    assert records(run_dir, "epoch")[0]["planned_epochs"] == 3

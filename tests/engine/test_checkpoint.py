@@ -19,6 +19,7 @@ from engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from tests.helpers.processes import write_malicious_checkpoint
 
 
 def _state(seed: int = 0) -> dict:
@@ -142,22 +143,6 @@ def test_load_truncated_file_names_it(tmp_path, keep):
         f.write(data[: int(len(data) * keep)])
     with pytest.raises(CheckpointError, match="ckpt_epoch_1.pth.*truncated or corrupt"):
         load_checkpoint(path)
-
-
-class _Malicious:
-    """Unpickling this would create a marker file: proof that code in a checkpoint ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def write_malicious_checkpoint(path, marker, zip_format: bool = True) -> None:
-    """A checkpoint whose unpickling would create `marker` (shared with the end-to-end and script tests)."""
-    payload = {"model": {"w": torch.ones(1)}, "epoch": 0, "payload": _Malicious(str(marker))}
-    torch.save(payload, str(path), _use_new_zipfile_serialization=zip_format)
 
 
 @pytest.mark.parametrize("zip_format", [True, False])

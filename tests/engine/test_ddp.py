@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from data.samplers import ExactEvalSampler
 from engine.evaluate import evaluate
 from engine.train import TrainState, train_one_epoch
-from tests.engine.engine_helpers import FP32_CPU, fixed_batches, sgd_context, tiny_model
+from tests.helpers.engine import FP32_CPU, fixed_batches, sgd_context, tiny_model
 
 WORLD, MICRO, ACC, UPDATES = 2, 2, 2, 2  # per update: 2 ranks x 2 micro-batches x 2 images = 8 images
 VAL_IMAGES = 13  # not divisible by the world size or the batch: shards and last batches differ in size

@@ -6,7 +6,7 @@ import torch
 from data import build_loaders
 from engine.checkpoint import capture_rng_state, restore_rng_state
 from engine.run import epoch_seed, seed_everything
-from tests.data.conftest import make_cfg, write_folder
+from tests.helpers.data import make_cfg, write_folder
 
 
 @pytest.mark.parametrize("workers", [0, 2])

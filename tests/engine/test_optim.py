@@ -10,7 +10,7 @@ from timm.scheduler.step_lr import StepLRScheduler
 
 from configs import derive
 from engine.optim import build_optimizer, build_schedule, no_decay_names, param_groups, steps_per_epoch
-from tests.engine.engine_helpers import tiny_cfg, tiny_model
+from tests.helpers.engine import tiny_cfg, tiny_model
 
 TINY_DECAYED = {
     "patch_embed.proj.weight", "layers.0.downsample.reduction.weight", "head.weight",

@@ -15,7 +15,7 @@ from engine.distributed import DistInfo, StopRequest, peer_failure_message
 from engine.optim import steps_per_epoch
 from engine.state import Run, checkpoint_state, restore_state
 from engine.train import TrainState, train_one_epoch
-from tests.engine.engine_helpers import fixed_batches, sgd_context, tiny_cfg, tiny_model
+from tests.helpers.engine import fixed_batches, sgd_context, tiny_cfg, tiny_model
 
 
 @pytest.mark.parametrize("num_batches, stop_after", [(8, 2), (7, 3), (7, 4)])

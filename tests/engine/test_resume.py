@@ -11,12 +11,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tests.engine.test_checkpoint import write_malicious_checkpoint
+from tests.helpers.processes import (REPO, assert_bitwise_equal, descendants, env, run, run_all,
+                                     write_malicious_checkpoint)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 300
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kills process trees via /proc")
 
@@ -81,52 +80,15 @@ class Job:
         return os.path.join(output, "swin_micro", "t")
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def _run_all(cmds: list[list[str]]) -> list[tuple[int, str]]:
-    """Run commands concurrently; [(exit code, stdout + stderr)] in order."""
-    procs = [subprocess.Popen(c, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for c in cmds]
-    results = []
-    for p in procs:  # a process blocked on a full pipe just waits until its turn comes
-        out, _ = p.communicate(timeout=TIMEOUT)
-        results.append((p.returncode, out))
-    return results
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # the process ended while we looked
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _run_and_kill_after(cmd: list[str], marker: str) -> str:
     """Start cmd and SIGKILL it with every process it started as soon as a line containing `marker` appears."""
-    p = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
         for line in p.stdout:
             lines.append(line)
             if marker in line:
-                for pid in _descendants(p.pid) + [p.pid]:
+                for pid in descendants(p.pid) + [p.pid]:
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
@@ -140,22 +102,6 @@ def _run_and_kill_after(cmd: list[str], marker: str) -> str:
     return out
 
 
-def _tensors(path: str) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
-    out.update({f"ema.{k}": v for k, v in ckpt["ema"].items()})
-    for idx, s in ckpt["optimizer"]["state"].items():
-        out.update({f"optimizer.{idx}.{k}": v for k, v in s.items() if isinstance(v, torch.Tensor)})
-    return out
-
-
-def _assert_bitwise_equal(a: str, b: str) -> None:
-    ta, tb = _tensors(a), _tensors(b)
-    assert ta.keys() == tb.keys()
-    differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
-    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:5]}"
-
-
 @pytest.fixture(scope="module")
 def job(tmp_path_factory) -> Job:
     return Job(tmp_path_factory.mktemp("resume"))
@@ -165,7 +111,7 @@ def job(tmp_path_factory) -> Job:
 def baseline(job) -> str:
     """An uninterrupted 4-epoch 2-process run; returns its output root."""
     output = os.path.join(job.root, "baseline")
-    r = _run(job.cmd(output))
+    r = run(job.cmd(output))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resumed from" not in r.stdout
     return output
@@ -175,12 +121,12 @@ def test_sigkill_then_rerun_resumes_bitwise_exact(job, baseline):
     output = os.path.join(job.root, "killed")
     ckpt1 = os.path.join(Job.run_dir(output), "ckpt_epoch_1.pth")
     _run_and_kill_after(job.cmd(output), f"saved {ckpt1}")
-    r = _run(job.cmd(output))
+    r = run(job.cmd(output))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     resumed = [line for line in r.stdout.splitlines() if "resumed from" in line]
     assert len(resumed) == 1 and "ckpt_epoch_" in resumed[0] and "ckpt_epoch_3" not in resumed[0], resumed
-    _assert_bitwise_equal(os.path.join(Job.run_dir(output), "ckpt_epoch_3.pth"),
-                          os.path.join(Job.run_dir(baseline), "ckpt_epoch_3.pth"))
+    assert_bitwise_equal(os.path.join(Job.run_dir(output), "ckpt_epoch_3.pth"),
+                         os.path.join(Job.run_dir(baseline), "ckpt_epoch_3.pth"))
 
 
 def test_truncated_newest_checkpoint_is_skipped(job, baseline):
@@ -190,18 +136,18 @@ def test_truncated_newest_checkpoint_is_skipped(job, baseline):
     size = os.path.getsize(newest)
     with open(newest, "r+b") as f:
         f.truncate(size // 2)
-    r = _run(job.cmd(output))
+    r = run(job.cmd(output))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     log = r.stdout + r.stderr
     assert "WARNING Skipping unreadable checkpoint" in log and "ckpt_epoch_3.pth is truncated" in log
     assert f"resumed from {os.path.join(Job.run_dir(output), 'ckpt_epoch_2.pth')}" in log
-    _assert_bitwise_equal(newest, os.path.join(Job.run_dir(baseline), "ckpt_epoch_3.pth"))
+    assert_bitwise_equal(newest, os.path.join(Job.run_dir(baseline), "ckpt_epoch_3.pth"))
 
 
 def test_eval_is_identical_for_one_and_two_processes(job, baseline):
     ckpt = os.path.join(Job.run_dir(baseline), "ckpt_epoch_3.pth")
     outputs = [os.path.join(job.root, f"eval{n}") for n in (1, 2)]
-    for code, out in _run_all([job.cmd(o, "--eval", "--resume", ckpt, procs=n) for o, n in zip(outputs, (1, 2))]):
+    for code, out in run_all([job.cmd(o, "--eval", "--resume", ckpt, procs=n) for o, n in zip(outputs, (1, 2))]):
         assert code == 0, out[-3000:]
     one, two = (json.load(open(os.path.join(Job.run_dir(o), "eval", "eval.json"))) for o in outputs)
     assert one["num_images"] == two["num_images"] == 19
@@ -221,7 +167,7 @@ def test_malicious_pickle_is_refused_everywhere(job, tmp_path):
     write_malicious_checkpoint(evil, marker)
     cmds = [job.cmd(str(tmp_path / name), *flags, procs=1) for name, flags in (
         ("resume", ["--resume", evil]), ("eval", ["--eval", "--resume", evil]), ("pretrained", ["--pretrained", evil]))]
-    for (code, out), cmd in zip(_run_all(cmds), cmds):
+    for (code, out), cmd in zip(run_all(cmds), cmds):
         assert code != 0, cmd
         assert evil in out, out[-3000:]
     assert not marker.exists()

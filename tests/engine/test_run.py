@@ -14,7 +14,8 @@ import torch
 
 import engine
 from configs import get_config
-from tests.engine.engine_helpers import SHORT_RUN, TINY_SWIN, tiny_model
+from tests.helpers.engine import SHORT_RUN, TINY_SWIN, tiny_model
+from tests.helpers.processes import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Randomness left on (mixup/cutmix, drop path, label smoothing, bf16 autocast): resume must still be exact.
@@ -28,19 +29,14 @@ def _run(tmp_path, *opts: str) -> int:
     return engine.run(get_config(None, RUN_OPTS + ["OUTPUT", str(tmp_path)] + list(opts)))
 
 
-def _records(run_dir: str) -> list[dict]:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def _check_run_dir(run_dir: str, epochs: int, val_images: int) -> dict:
     names = set(os.listdir(run_dir))
     assert {"config.yaml", "log.txt", "metrics.jsonl", "eval.json", "report.md"} <= names
     assert any(n.startswith("events.out.tfevents") for n in names)
     assert f"ckpt_epoch_{epochs - 1}.pth" in names
-    records = _records(run_dir)
-    steps = [r for r in records if r["kind"] == "step"]
-    epochs_rec = [r for r in records if r["kind"] == "epoch"]
+    logged = records(run_dir)
+    steps = [r for r in logged if r["kind"] == "step"]
+    epochs_rec = [r for r in logged if r["kind"] == "epoch"]
     assert {"epoch", "step", "lr", "loss", "grad_norm", "loss_scale", "img_per_s", "mem_mb", "eta_s"} <= set(steps[0])
     assert [r["epoch"] for r in epochs_rec] == list(range(epochs))
     assert {"train_loss", "val_loss", "top1_acc", "top1_err", "top5_acc", "top5_err"} <= set(epochs_rec[-1])
@@ -58,8 +54,7 @@ def test_run_then_resume_is_bitwise_exact_then_eval_and_throughput(tmp_path):
     assert _run(tmp_path) == 0
     run_dir = str(tmp_path / "swin_tiny_test" / "default")
     ev = _check_run_dir(run_dir, epochs=2, val_images=20)
-    records = _records(run_dir)
-    assert "ema_top1_acc" in records[-1] and ev["ema"] is True
+    assert "ema_top1_acc" in records(run_dir)[-1] and ev["ema"] is True
     final = torch.load(os.path.join(run_dir, "ckpt_epoch_1.pth"), weights_only=True, map_location="cpu")
     assert CKPT_KEYS <= set(final) and final["epoch"] == 1 and final["global_step"] == 8
     assert final["lr_scheduler"]["step"] == 8 and len(final["rng"]) == 1
@@ -69,9 +64,9 @@ def test_run_then_resume_is_bitwise_exact_then_eval_and_throughput(tmp_path):
     assert _run(tmp_path) == 0
     assert "resumed from" in open(os.path.join(run_dir, "log.txt")).read()
     # the first run's records of epoch 1 were dropped when the second run resumed after epoch 0: no step twice
-    steps = [r["step"] for r in _records(run_dir) if r["kind"] == "step"]
+    steps = [r["step"] for r in records(run_dir) if r["kind"] == "step"]
     assert steps == sorted(set(steps)) and steps[-1] == 8, steps
-    assert [r["epoch"] for r in _records(run_dir) if r["kind"] == "epoch"] == [0, 1]
+    assert [r["epoch"] for r in records(run_dir) if r["kind"] == "epoch"] == [0, 1]
     again = torch.load(os.path.join(run_dir, "ckpt_epoch_1.pth"), weights_only=True, map_location="cpu")
     for section in ("model", "ema"):
         for k, v in final[section].items():
@@ -82,9 +77,9 @@ def test_run_then_resume_is_bitwise_exact_then_eval_and_throughput(tmp_path):
     assert again["global_step"] == final["global_step"]
 
     # The same command again: the run is finished, so nothing is trained, evaluated or rewritten.
-    before = (os.path.getmtime(os.path.join(run_dir, "eval.json")), len(_records(run_dir)))
+    before = (os.path.getmtime(os.path.join(run_dir, "eval.json")), len(records(run_dir)))
     assert _run(tmp_path) == 0
-    assert (os.path.getmtime(os.path.join(run_dir, "eval.json")), len(_records(run_dir))) == before
+    assert (os.path.getmtime(os.path.join(run_dir, "eval.json")), len(records(run_dir))) == before
     assert "has finished all 2 epochs" in open(os.path.join(run_dir, "log.txt")).read()
 
     # Evaluate the checkpoint alone: same counts as the run's final report (EMA weights, TEST.USE_EMA), written to
@@ -119,7 +114,7 @@ def test_run_then_resume_is_bitwise_exact_then_eval_and_throughput(tmp_path):
     assert "ckpt_epoch_1.pth" in json.load(open(os.path.join(run_dir, "eval", "eval.json")))["checkpoint"]
 
     assert _run(tmp_path, "THROUGHPUT_MODE", "True") == 0
-    speed = _records(os.path.join(run_dir, "throughput"))
+    speed = records(os.path.join(run_dir, "throughput"))
     assert speed[0]["kind"] == "throughput" and speed[0]["img_per_s"] > 0 and speed[0]["batch_size"] == 8
     assert {n: os.path.getmtime(os.path.join(run_dir, n)) for n in trained} == trained
 

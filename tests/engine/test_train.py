@@ -11,7 +11,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from engine.ema import build_ema, ema_update
 from engine.optim import build_optimizer
 from engine.train import NonFiniteTrainingError, TrainState, build_criterion, train_one_epoch
-from tests.engine.engine_helpers import constant_lr, fixed_batches, sgd_context, tiny_cfg, tiny_model
+from tests.helpers.engine import constant_lr, fixed_batches, sgd_context, tiny_cfg, tiny_model
 
 
 def _train(model, batches, **kw) -> TrainState:
@@ -144,7 +144,7 @@ def test_uint8_batches_are_prepared_on_the_device():
     weights and evaluation as with the float batches the plain transform gives."""
     from data.fast import DeviceNormalize
     from engine.evaluate import evaluate
-    from tests.engine.engine_helpers import FP32_CPU
+    from tests.helpers.engine import FP32_CPU
 
     g = torch.Generator().manual_seed(3)
     raw = [(torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=g),

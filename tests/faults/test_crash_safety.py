@@ -14,7 +14,7 @@ import torch
 import engine
 import engine.checkpoint as ck
 from configs import get_config
-from tests.faults.helpers import RUN_OPTS, TIMEOUT, finish, main_cmd, run_dir, start
+from tests.helpers.processes import RUN_OPTS, TIMEOUT, finish, main_cmd, run_dir, start
 from tests.faults.inject import MARKER
 
 OPTS = ["DATA.SYNTHETIC_TRAIN_SIZE", "32", "TRAIN.EPOCHS", "2"]  # 4 updates per epoch, a checkpoint after each

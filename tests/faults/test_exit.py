@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.faults.helpers import REPO, RUN_OPTS, run_dir, wait_for_step
+from tests.helpers.processes import REPO, RUN_OPTS, run_dir, wait_for_step
 
 WATCHDOG_S = 60  # a process still alive this long after the error fails the test
 

@@ -10,10 +10,8 @@ import sys
 import pytest
 import torch
 
-from tests.engine.engine_helpers import tiny_model
-from tests.engine.test_checkpoint import write_malicious_checkpoint
-from tests.engine.test_resume import _run_all
-from tests.faults.helpers import main_cmd
+from tests.helpers.engine import tiny_model
+from tests.helpers.processes import main_cmd, run_all, write_malicious_checkpoint
 
 MARKER = "PWNED"
 
@@ -50,7 +48,7 @@ def outcomes(tmp_path_factory) -> tuple[dict, dict[str, tuple[int, str]]]:
         "yaml_tag": main + ["--cfg", p["evil.yaml"]],
         "base_cycle": main + ["--cfg", p["a.yaml"]],
     }
-    results = dict(zip(cmds, _run_all(list(cmds.values()))))
+    results = dict(zip(cmds, run_all(list(cmds.values()))))
     assert not (root / MARKER).exists(), "a hostile file ran code"
     return p, results
 

@@ -13,7 +13,7 @@ import torch
 
 import engine
 from configs import get_config
-from tests.faults.helpers import RUN_OPTS, run_dir
+from tests.helpers.processes import RUN_OPTS, run_dir
 
 RUN_MODULE = importlib.import_module("engine.run")  # `engine.run` the attribute is the function
 # One epoch of 16 updates without accumulation: micro-batch i (0-based) is update i.

@@ -3,7 +3,6 @@ update with a mid-epoch checkpoint and exit code 0, and the same command finishe
 uninterrupted one; SIGTERM does the same to a single-process run (which restores the previous handler)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -16,19 +15,14 @@ import torch
 
 import engine
 from configs import get_config
-from tests.faults.helpers import (RUN_OPTS, TIMEOUT, assert_bitwise_equal, finish, main_cmd, rank_pid, run_dir,
-                                  start, wait_for_step)
+from tests.helpers.processes import (RUN_OPTS, TIMEOUT, assert_bitwise_equal, finish, main_cmd, rank_pid, records,
+                                     run_dir, start, wait_for_step)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc"), reason="finds torchrun's workers through /proc")
 
 # Per rank and epoch: 256 / 2 images = 32 micro-batches of 4 = 16 updates (accumulation 2).
 OPTS = ["DATA.SYNTHETIC_TRAIN_SIZE", "256", "TRAIN.EPOCHS", "2"]
 UPDATES = 16
-
-
-def _records(directory: str) -> list[dict]:
-    with open(os.path.join(directory, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def _stopped_checkpoint(directory: str, epoch: int) -> tuple[str, int]:
@@ -82,7 +76,7 @@ def test_sigusr1_to_one_rank_stops_both_mid_epoch_and_resume_is_bitwise_exact(tm
     assert code == 0, text[-3000:]
     assert f"resumed from {path} (epoch 1 after {micro} of 32 micro-batches, step {step})" in text
     # the interrupted epoch's train_loss is the mean over all of its micro-batches, as in the uninterrupted run
-    (resumed,), (uninterrupted,) = ([r["train_loss"] for r in _records(run_dir) if r["kind"] == "epoch" and
+    (resumed,), (uninterrupted,) = ([r["train_loss"] for r in records(run_dir) if r["kind"] == "epoch" and
                                      r["epoch"] == 1] for run_dir in (d, baseline))
     assert resumed == pytest.approx(uninterrupted, rel=1e-6)
     assert sorted(n for n in os.listdir(d) if n.endswith(".pth")) == ["ckpt_epoch_0.pth", "ckpt_epoch_1.pth"]

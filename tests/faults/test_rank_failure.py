@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.faults.helpers import REPO, RUN_OPTS, finish, main_cmd, rank_pid, run_dir, start, wait_for_step
+from tests.helpers.processes import REPO, RUN_OPTS, finish, main_cmd, rank_pid, run_dir, start, wait_for_step
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc"), reason="finds torchrun's workers through /proc")
 

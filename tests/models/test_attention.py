@@ -4,8 +4,7 @@ import torch
 
 from models import SwinTransformer
 from models.attention import BiasCache
-
-from .helpers import perturb, tiny_kwargs
+from tests.helpers.models import perturb, tiny_kwargs
 
 
 def _fresh_copy(model: SwinTransformer) -> SwinTransformer:

@@ -12,7 +12,7 @@ from models import SwinTransformer
 from models import linear as linear_mod
 from models.cpu import cpu_bf16_native
 from models.linear import Linear, Mlp, onednn_available
-from tests.models.helpers import tiny_kwargs
+from tests.helpers.models import tiny_kwargs
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear op")
 needs_onednn_bf16 = pytest.mark.skipif(

@@ -7,7 +7,7 @@ from timm.models.swin_transformer import checkpoint_filter_fn
 import models
 from models import SwinTransformer, create_model
 from models.weights import load_weights
-from tests.models.helpers import perturb, tiny_kwargs
+from tests.helpers.models import perturb, tiny_kwargs
 
 
 def _timm_twin(model, name, **kwargs):

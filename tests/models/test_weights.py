@@ -9,7 +9,7 @@ from models import SwinTransformer
 from models.imagenet22k import in22k_to_in1k_indices
 from models.weights import WeightsError, load_weights
 from models.window import shifted_window_mask
-from tests.models.helpers import perturb, tiny_kwargs
+from tests.helpers.models import perturb, tiny_kwargs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAP_FILE = os.path.join(REPO, "..", "shared", "reference", "map22kto1k.txt")

@@ -12,7 +12,7 @@ from data import build_transform
 from data.images import decode_rgb
 from engine.checkpoint import save_checkpoint
 from scripts import predict
-from tests.engine.test_checkpoint import write_malicious_checkpoint
+from tests.helpers.processes import write_malicious_checkpoint
 
 TINY = ["MODEL.NAME", "swin_micro", "DATA.IMG_SIZE", "32", "MODEL.SWIN.EMBED_DIM", "8", "MODEL.SWIN.DEPTHS",
         "[1, 1]", "MODEL.SWIN.NUM_HEADS", "[1, 2]", "MODEL.SWIN.WINDOW_SIZE", "4", "MODEL.DROP_PATH_RATE", "0.0"]

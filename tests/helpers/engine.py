@@ -1,4 +1,4 @@
-"""Tiny configs, models and batches shared by the engine tests."""
+"""Tiny Swin configs and models, fixed batches and an SGD training context, for in-process engine runs."""
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
-"""Launching tiny real runs of main.py (one process or torchrun) and observing them from outside: wait for
-training steps in metrics.jsonl, find the worker of a rank, signal it, compare checkpoints bit for bit."""
+"""Launching real runs of main.py (one process or torchrun) and observing them from outside: run commands, wait
+for training steps in metrics.jsonl, find the worker of a rank, signal it, read metrics.jsonl records, compare
+checkpoints bit for bit, and write a malicious checkpoint for the loaders to refuse."""
 from __future__ import annotations
 
 import json
@@ -9,13 +10,13 @@ import subprocess
 import sys
 import time
 
-from tests.engine.engine_helpers import TINY_SWIN
-from tests.engine.test_resume import _assert_bitwise_equal as assert_bitwise_equal  # noqa: F401 (re-exported)
-from tests.engine.test_resume import _descendants, _env
+import torch
+
+from tests.helpers.engine import TINY_SWIN
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INJECT = os.path.join(REPO, "tests", "faults", "inject.py")
-TIMEOUT = 120  # seconds any single run may take before a test fails
+TIMEOUT = 120  # seconds any single run of the fault tests may take before a test fails
 
 # Randomness on (drop path, mixup/cutmix, EMA) and accumulation 2, so an inexact resume shows in the weights.
 RUN_OPTS = TINY_SWIN + [
@@ -23,6 +24,81 @@ RUN_OPTS = TINY_SWIN + [
     "TRAIN.WARMUP_EPOCHS", "1", "TRAIN.ACCUMULATION_STEPS", "2", "PRINT_FREQ", "1", "DEVICE", "cpu",
     "MODEL.DROP_PATH_RATE", "0.1", "MODEL_EMA.ENABLE", "True", "MODEL_EMA.DECAY", "0.9", "TAG", "t",
 ]
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_all(cmds: list[list[str]], timeout: float = 300) -> list[tuple[int, str]]:
+    """Run commands concurrently; [(exit code, stdout + stderr)] in order."""
+    procs = [subprocess.Popen(c, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for c in cmds]
+    results = []
+    for p in procs:  # a process blocked on a full pipe just waits until its turn comes
+        out, _ = p.communicate(timeout=timeout)
+        results.append((p.returncode, out))
+    return results
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tensors(path: str) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
+    out.update({f"ema.{k}": v for k, v in ckpt["ema"].items()})
+    for idx, s in ckpt["optimizer"]["state"].items():
+        out.update({f"optimizer.{idx}.{k}": v for k, v in s.items() if isinstance(v, torch.Tensor)})
+    return out
+
+
+def assert_bitwise_equal(a: str, b: str) -> None:
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys()
+    differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:5]}"
+
+
+class _Malicious:
+    """Unpickling this would create a marker file: proof that code in a checkpoint ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_malicious_checkpoint(path, marker, zip_format: bool = True) -> None:
+    """A checkpoint whose unpickling would create `marker` (for the checkpoint, end-to-end and script tests)."""
+    payload = {"model": {"w": torch.ones(1)}, "epoch": 0, "payload": _Malicious(str(marker))}
+    torch.save(payload, str(path), _use_new_zipfile_serialization=zip_format)
+
+
+def records(directory: str, kind: str | None = None) -> list[dict]:
+    """The records of directory/metrics.jsonl, in order; only those of `kind` when given."""
+    with open(os.path.join(directory, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if kind is None or r["kind"] == kind]
 
 
 def run_dir(output: str) -> str:
@@ -42,7 +118,7 @@ def main_cmd(output: str, *opts: str, procs: int = 1, fault: list[str] | None = 
 def start(cmd: list[str], log_path: str) -> subprocess.Popen:
     """Start `cmd` in its own session (so the test can signal its whole process group), output to log_path."""
     with open(log_path, "w") as log:
-        return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
@@ -87,12 +163,12 @@ def wait_for_step(proc: subprocess.Popen | None, directory: str, min_step: int, 
 
 def rank_pid(launcher: subprocess.Popen, rank: int) -> int:
     """The pid of torchrun's worker process for `rank`."""
-    for pid in _descendants(launcher.pid):
+    for pid in descendants(launcher.pid):
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read().split(b"\0")
+                environ = f.read().split(b"\0")
         except OSError:
             continue
-        if f"RANK={rank}".encode() in env:
+        if f"RANK={rank}".encode() in environ:
             return pid
     raise AssertionError(f"no worker with RANK={rank} under pid {launcher.pid}")

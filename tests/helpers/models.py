@@ -1,4 +1,4 @@
-"""Shared helpers for the model tests."""
+"""Model-test helpers: a small SwinTransformer config and a parameter perturbation that makes parity checks bite."""
 import torch
 from torch import nn
 
