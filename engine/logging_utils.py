@@ -91,23 +91,15 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _read_records(path: str) -> list[dict]:
-    """The records of metrics.jsonl (none when it does not exist)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
-
-
-def _drop_records_after(path: str, step: int) -> None:
-    """Rewrite metrics.jsonl without the records of updates after `step` (and without a torn last line)."""
+def _drop_records_after(path: str, step: int) -> list[dict]:
+    """Rewrite metrics.jsonl without the records of updates after `step` (and without a torn last line); returns
+    the records kept."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
     except FileNotFoundError:
-        return
-    keep = []
+        return []
+    keep, kept = [], []
     for line in lines:
         try:
             record = json.loads(line)
@@ -115,12 +107,13 @@ def _drop_records_after(path: str, step: int) -> None:
             continue
         if int(record.get("step", 0)) <= step:
             keep.append(line if line.endswith("\n") else line + "\n")
-    if len(keep) == len(lines):
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(keep)
-    os.replace(tmp, path)
+            kept.append(record)
+    if len(keep) != len(lines):
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+    return kept
 
 
 class MetricsWriter:
@@ -137,15 +130,14 @@ class MetricsWriter:
             return
         os.makedirs(run_dir, exist_ok=True)
         path = os.path.join(run_dir, "metrics.jsonl")
-        if resume_step is not None:
-            _drop_records_after(path, resume_step)
+        kept = _drop_records_after(path, resume_step) if resume_step is not None else []
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # slow import: only where it is used
 
             earlier = [os.path.join(run_dir, n) for n in os.listdir(run_dir) if n.startswith("events.out.tfevents.")]
             self._tb = SummaryWriter(log_dir=run_dir)
             if resume_step is not None and earlier:
-                for record in _read_records(path):  # what TensorBoard showed, up to the resumed update
+                for record in kept:  # what TensorBoard showed, up to the resumed update
                     self._mirror(record)
                 self._tb.flush()
                 for old in earlier:  # only now: a crash before this point leaves two files, never none

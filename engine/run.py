@@ -159,8 +159,8 @@ def _model_of_checkpoint_to_evaluate(cfg: CfgNode) -> tuple[CfgNode, list[str]]:
     replace them; the changed keys are returned for the log. Anything else: the config unchanged."""
     if not (cfg.EVAL_MODE and cfg.MODEL.RESUME):
         return cfg, []
-    saved = ckpt_io.load_checkpoint(cfg.MODEL.RESUME, mmap=True).get("config")
-    if not isinstance(saved, str):  # official, timm or other weights: the config decides the model
+    saved = _saved_config(cfg.MODEL.RESUME)
+    if saved is None:  # official, timm or other weights: the config decides the model
         return cfg, []
     adopted, changed = with_model_of(cfg, saved, cfg.MODEL.RESUME)
     if all(c.startswith("MODEL.NAME ") for c in changed):  # the same model under another name: keep this run's
@@ -168,10 +168,17 @@ def _model_of_checkpoint_to_evaluate(cfg: CfgNode) -> tuple[CfgNode, list[str]]:
     return adopted, changed
 
 
+def _saved_config(path: str) -> str | None:
+    """The config a checkpoint of this project holds (the YAML it was trained with); None for other weights. The
+    tensors are only memory-mapped; a file that does not load is a CheckpointError naming it."""
+    saved = ckpt_io.load_checkpoint(path, mmap=True).get("config")
+    return saved if isinstance(saved, str) else None
+
+
 def _is_own_checkpoint(path: str) -> bool:
-    """Whether `path` is a checkpoint this project wrote (it holds the config it was trained with)."""
+    """Whether `path` is a checkpoint this project wrote (False too for a file load_checkpoint cannot read)."""
     try:
-        return isinstance(ckpt_io.load_checkpoint(path, mmap=True).get("config"), str)
+        return _saved_config(path) is not None
     except ckpt_io.CheckpointError:
         return False
 
@@ -257,8 +264,8 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: 
                  if run.state.epoch_batches else f"epoch {run.state.epoch - 1}")
         log.info("resumed from %s (%s, step %d)", resume, where, run.state.global_step)
     run.progress.started = started
-    epochs = run.progress.planned_epochs or cfg.TRAIN.EPOCHS  # the length TRAIN.TIME_BUDGET fixed, once it has
-    run.train.total_epochs, run.train.schedule = epochs, build_schedule(cfg, derived, run.updates, epochs)
+    if run.progress.planned_epochs:  # the length TRAIN.TIME_BUDGET fixed before the run was stopped
+        _set_length(run, run.progress.planned_epochs)
     resume_step = run.state.global_step if resume else None
     with (StopRequest(cfg.DIST_TIMEOUT) as stop,
           MetricsWriter(derived.run_dir, info.is_main, resume_step=resume_step) as metrics):
@@ -408,18 +415,22 @@ def _evaluate_epoch(run: Run, record: dict) -> tuple[EvalResult, bool] | None:
     if result is None:
         return None
     _log_eval(f"epoch {record['epoch']}", result, expected)
-    record.update({"val_loss": result.loss, "top1_acc": result.top1_acc, "top1_err": result.top1_err,
-                   "top5_acc": result.top5_acc, "top5_err": result.top5_err})
+    record.update(_eval_fields(result))
     if run.train.ema is None:
         return result, False
     ema_result = _evaluate(run, run.train.ema.module)
     if ema_result is None:
         return None
     _log_eval(f"epoch {record['epoch']} EMA", ema_result, expected)
-    record.update({"ema_val_loss": ema_result.loss, "ema_top1_acc": ema_result.top1_acc,
-                   "ema_top1_err": ema_result.top1_err, "ema_top5_acc": ema_result.top5_acc,
-                   "ema_top5_err": ema_result.top5_err})
+    record.update(_eval_fields(ema_result, "ema_"))
     return (ema_result, True) if run.cfg.TEST.USE_EMA else (result, False)
+
+
+def _eval_fields(result: EvalResult, prefix: str = "") -> dict:
+    """An evaluation's metrics.jsonl fields: val_loss, top1_acc, top1_err, top5_acc, top5_err (with `prefix`)."""
+    values = {"val_loss": result.loss, "top1_acc": result.top1_acc, "top1_err": result.top1_err,
+              "top5_acc": result.top5_acc, "top5_err": result.top5_err}
+    return {prefix + key: value for key, value in values.items()}
 
 
 def _save_and_stop(run: Run, signum: int, evaluated: bool = True) -> None:
@@ -440,11 +451,17 @@ def _fit_to_budget(run: Run, epoch_s: float) -> None:
     min_epochs = math.ceil(cfg.TRAIN.WARMUP_EPOCHS) + 1
     epochs = broadcast_object(epochs_within_budget(budget_s, elapsed, epoch_s, run.state.epoch + 1, min_epochs,
                                                    cfg.TRAIN.EPOCHS))
-    progress.planned_epochs = run.train.total_epochs = epochs
-    run.train.schedule = build_schedule(cfg, run.derived, run.updates, epochs)
+    progress.planned_epochs = epochs
+    _set_length(run, epochs)
     log.info("TRAIN.TIME_BUDGET %g min: an epoch takes %.0f s (training and evaluation), %.0f s of the budget are "
              "left, so the run trains %d of at most %d epochs", cfg.TRAIN.TIME_BUDGET, epoch_s,
              max(budget_s - elapsed, 0.0), epochs, cfg.TRAIN.EPOCHS)
+
+
+def _set_length(run: Run, epochs: int) -> None:
+    """Train `epochs` epochs in all, with the learning-rate schedule over that length."""
+    run.train.total_epochs = epochs
+    run.train.schedule = build_schedule(run.cfg, run.derived, run.updates, epochs)
 
 
 def _save(run: Run) -> None:
