@@ -190,7 +190,9 @@ class SwinTransformer(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # stochastic depth grows per block
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
-            res = grid // 2**i
+            # the map stage i really runs on: PatchMerging pads an odd side, so ceil (timm builds for floor, so a
+            # 7x7 map's next stage there gets 3x3 windows over a padded 6x6 copy of its 4x4 map)
+            res = -(-grid // 2**i)
             self.layers.append(BasicLayer(
                 int(embed_dim * 2**i), (res, res), depth, num_heads[i], window_size,
                 dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=i < self.num_layers - 1,

@@ -179,6 +179,14 @@ def test_ablations_remove_shift_and_bias():
         assert torch.isfinite(no_bias(x)).all()
 
 
+def test_each_stage_is_built_for_the_map_it_runs_on():
+    """A 7x7 map merges (padded) into 4x4: the next stage gets 4x4 windows over it, not 3x3 windows over a 6x6 pad."""
+    model = SwinTransformer(img_size=28, patch_size=2, in_chans=1, embed_dim=8, depths=(1, 1, 1), num_heads=(1, 1, 2),
+                            window_size=7, num_classes=3)
+    assert [layer.blocks[0].window for layer in model.layers] == [(7, 7), (7, 7), (4, 4)]
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+
+
 def test_official_init_and_no_weight_decay_names():
     torch.manual_seed(0)
     model = create_model("swin_tiny_patch4_window7_224", ape=True)
