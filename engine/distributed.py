@@ -119,6 +119,27 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def average_batchnorm_statistics(model: torch.nn.Module) -> int:
+    """Set every BatchNorm's running mean and variance to their mean over the ranks (in one all-reduce), so that
+    evaluation on any number of processes and the checkpoint rank 0 writes see the same statistics; DDP leaves
+    each rank its own (buffers are not synced per forward). Training is unaffected: BatchNorm normalizes training
+    batches with their own statistics. Returns the number of layers averaged (0 in a single process)."""
+    if not _initialized() or dist.get_world_size() == 1:
+        return 0
+    buffers = [b for m in model.modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+               and m.running_mean is not None for b in (m.running_mean, m.running_var)]
+    if not buffers:
+        return 0
+    flat = torch.cat([b.detach().float().reshape(-1) for b in buffers])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    with torch.no_grad():
+        for b, new in zip(buffers, flat.split([b.numel() for b in buffers])):
+            b.copy_(new.view_as(b))
+    return len(buffers) // 2
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     """Every rank's `obj`, in rank order ([obj] in a single process)."""
     if not _initialized():

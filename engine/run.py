@@ -36,8 +36,9 @@ from configs import ConfigError, Derived, derive, dump_config, train_dir, with_m
 from engine import checkpoint as ckpt_io
 from engine import report
 from engine.amp import AmpPolicy, resolve_amp
-from engine.distributed import (DistInfo, StopRequest, broadcast_object, cleanup, defer_exit_under_torchrun,
-                                peer_failure_message, report_to_launcher, setup_distributed, signal_name)
+from engine.distributed import (DistInfo, StopRequest, average_batchnorm_statistics, broadcast_object, cleanup,
+                                defer_exit_under_torchrun, peer_failure_message, report_to_launcher, setup_distributed,
+                                signal_name)
 from engine.ema import build_ema
 from engine.evaluate import EvalResult, evaluate
 from engine.logging_utils import FILE_ONLY, MetricsWriter, close_logging, setup_logging
@@ -51,7 +52,8 @@ from models.weights import WeightsError, load_weights
 log = logging.getLogger(__name__)
 
 # DDP: buffers are not broadcast in every forward (each rank keeps its own BatchNorm statistics, as timm and the
-# official release do); newer torch names the option forward_sync_buffers and deprecates broadcast_buffers
+# official release do; here they are averaged over the ranks before every evaluation and save); newer torch
+# names the option forward_sync_buffers and deprecates broadcast_buffers
 _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
                    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                    else {"broadcast_buffers": False})
@@ -347,6 +349,7 @@ def _train_epochs(run: Run) -> int:
 def _evaluate(run: Run, model, stoppable: bool = True) -> EvalResult | None:
     """Evaluate `model` on the validation set (None: a stop signal came part way, when `stoppable`)."""
     loaders = run.loaders
+    average_batchnorm_statistics(model)  # every rank evaluates with the same BatchNorm statistics
     return evaluate(model, loaders.val_loader, run.info.device, run.train.amp, prepare=loaders.val_prepare,
                     stop=run.train.stop if stoppable else None)
 
@@ -468,6 +471,9 @@ def _save(run: Run) -> None:
     """Rank 0 writes the checkpoint (mid-epoch when state.epoch_batches > 0) and prunes old ones; a failure
     stops every rank with rank 0's message, so none is left waiting for it in a collective."""
     rng = gather_rng_states()  # every rank takes part; only rank 0 writes
+    for model in (run.raw, run.train.ema.module if run.train.ema is not None else None):
+        if model is not None:
+            average_batchnorm_statistics(model)  # the checkpoint holds the ranks' mean, not rank 0's own
     run_dir, state, progress = run.derived.run_dir, run.state, run.progress
     path = (ckpt_io.mid_epoch_checkpoint_path(run_dir, state.epoch, state.global_step) if state.epoch_batches
             else ckpt_io.checkpoint_path(run_dir, state.epoch))
