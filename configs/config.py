@@ -142,7 +142,7 @@ def _validate(cfg: CN) -> None:
         "DATA.DATASET": ("imagenet", "imagenet22K", "fashion_mnist", "synthetic"),
         "DATA.CACHE_MODE": ("no", "part", "full"),
         "DATA.ON_CORRUPT": ("error", "skip"),
-        "MODEL.TYPE": ("swin", "timm"),
+        "MODEL.TYPE": ("swin", "pvt", "timm"),
         "MODEL.SWIN.ATTN_IMPL": ("auto", "eager", "sdpa"),
         "TRAIN.LR_SCHEDULER.NAME": ("cosine", "step", "multistep"),
         "TRAIN.OPTIMIZER.NAME": ("adamw", "sgd"),

@@ -36,7 +36,7 @@ _C.DATA.SYNTHETIC_VAL_SIZE = 50  # (new) images in the synthetic validation spli
 # Model
 # ----------------------------------------------------------------------------------------------------------
 _C.MODEL = CN()
-_C.MODEL.TYPE = "swin"  # swin | timm (MODEL.NAME is then any timm model name)
+_C.MODEL.TYPE = "swin"  # swin | pvt (PVT v1, MODEL.NAME pvt_tiny ... pvt_large) | timm (MODEL.NAME: a timm model)
 _C.MODEL.NAME = "swin_tiny_patch4_window7_224"  # model name; also names the run directory
 _C.MODEL.PRETRAINED = ""  # weights to fine-tune from (official, timm or torchvision layout)
 _C.MODEL.RESUME = ""  # checkpoint to resume training (or evaluate) from
@@ -59,6 +59,8 @@ _C.MODEL.SWIN.APE = False  # absolute position embedding
 _C.MODEL.SWIN.PATCH_NORM = True  # LayerNorm after patch embedding
 _C.MODEL.SWIN.SHIFT = True  # (new) shifted windows in odd blocks; False for the paper's ablation
 _C.MODEL.SWIN.REL_POS_BIAS = True  # (new) relative position bias; False for the paper's ablation
+_C.MODEL.SWIN.APPEARANCE = True  # (new) query-key term in the attention logits; False: softmax(bias) @ v alone, the
+                                 # paper's ablation "rel. pos. w/o app."
 _C.MODEL.SWIN.ATTN_IMPL = "auto"  # (new) attention kernel: auto (per device) | eager | sdpa
 
 # ----------------------------------------------------------------------------------------------------------

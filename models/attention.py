@@ -109,6 +109,7 @@ class WindowAttention(nn.Module):
         proj_drop: float = 0.0,
         *,
         rel_pos_bias: bool = True,
+        appearance: bool = True,
         attn_impl: str = "eager",
     ) -> None:
         super().__init__()
@@ -120,6 +121,9 @@ class WindowAttention(nn.Module):
         head_dim = dim // num_heads
         self.scale = qk_scale or head_dim**-0.5
         self.attn_impl = attn_impl
+        # False: the attention weights come from the bias (and mask) alone, softmax(B) @ v, without the query-key
+        # (appearance) term; the paper's ablation "rel. pos. w/o app." (q and k are still computed, unused)
+        self.appearance = appearance
         if rel_pos_bias:
             wh, ww = self.window
             self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
@@ -164,7 +168,8 @@ class WindowAttention(nn.Module):
         b_, n, c = x.shape
         heads = self.num_heads
         qkv = self.qkv(x).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # 3, B*nW, heads, N, hd
-        if choose_kernel(self.attn_impl, qkv.device.type, qkv.dtype, self._table_trains()) == "sdpa":
+        if self.appearance and choose_kernel(self.attn_impl, qkv.device.type, qkv.dtype,
+                                             self._table_trains()) == "sdpa":
             x = self._sdpa(qkv, mask)
         else:
             x = self._eager(qkv, mask)
@@ -178,7 +183,10 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.unbind(0)  # each B*nW, heads, N, hd
         table = self.relative_position_bias_table
         bias = self.attn_bias(mask, table.dtype if table is not None else torch.float32)
-        attn = (q * self.scale) @ k.transpose(-2, -1)  # B*nW, heads, N, N
+        if self.appearance:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # B*nW, heads, N, N
+        else:
+            attn = q.new_zeros(b_, heads, n, n)
         if bias is not None:
             nw = bias.shape[0]
             # under autocast: bf16 logits + float32 bias -> float32, as one widening copy and an in-place add

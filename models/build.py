@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .pvt import PVT_ZOO, create_pvt
 from .swin import SwinTransformer
 from .zoo import ZOO, claimed_variant
 
@@ -31,6 +32,7 @@ def swin_kwargs(cfg: Any, device: Optional[torch.device] = None) -> Dict[str, An
         mlp_ratio=s.MLP_RATIO, qkv_bias=s.QKV_BIAS, qk_scale=s.QK_SCALE, drop_rate=cfg.MODEL.DROP_RATE,
         attn_drop_rate=0.0, drop_path_rate=cfg.MODEL.DROP_PATH_RATE, ape=s.APE, patch_norm=s.PATCH_NORM,
         use_checkpoint=cfg.TRAIN.USE_CHECKPOINT, shift=s.get("SHIFT", True), rel_pos_bias=s.get("REL_POS_BIAS", True),
+        appearance=s.get("APPEARANCE", True),
         attn_impl=resolve_attn_impl(s.get("ATTN_IMPL", "auto"), device),
     )
 
@@ -38,7 +40,7 @@ def swin_kwargs(cfg: Any, device: Optional[torch.device] = None) -> Dict[str, An
 # The SwinTransformer keywords that change the network (and its weights' shapes or meaning); the rest (classes,
 # drop rates, checkpointing, kernel choice) do not make it another architecture.
 ARCH_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
-             "qkv_bias", "qk_scale", "ape", "patch_norm", "shift", "rel_pos_bias")
+             "qkv_bias", "qk_scale", "ape", "patch_norm", "shift", "rel_pos_bias", "appearance")
 
 
 def _config_key(kwarg: str) -> str:
@@ -74,24 +76,58 @@ def _plain(value: Any) -> Any:
 
 
 class UnknownModelError(ValueError):
-    """MODEL.NAME names no timm model (MODEL.TYPE timm)."""
+    """MODEL.NAME names no model of its MODEL.TYPE."""
+
+
+# Shapes the paper's tables name that today's timm no longer registers: (timm architecture, keyword overrides).
+# "ViT-S" of the Swin and PVT tables is timm's first vit_small_patch16_224 (2020): embed 768, depth 8, 8 heads, MLP
+# ratio 3, no qkv bias, 48.8M parameters; timm's current vit_small_patch16_224 is DeiT-S's shape (22M). That first
+# version also scaled q.k by 768^-0.5 instead of 64^-0.5; this build keeps timm's per-head scale (same parameters
+# and FLOPs).
+TIMM_SHAPES: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "vit_small_patch16_224_v2020": ("vit_base_patch16_224", dict(depth=8, num_heads=8, mlp_ratio=3.0, qkv_bias=False)),
+}
+
+
+def _timm_model(cfg: Any) -> nn.Module:
+    """A timm model by MODEL.NAME (or a TIMM_SHAPES name), without weights, at DATA.IMG_SIZE where it takes one."""
+    import difflib
+
+    import timm
+
+    name = cfg.MODEL.NAME
+    arch, overrides = TIMM_SHAPES.get(name, (name, {}))
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(name, [*timm.list_models(), *TIMM_SHAPES], n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " `timm.list_models('pattern*')` lists them."
+        raise UnknownModelError(f"MODEL.NAME {name!r} is not a timm model (MODEL.TYPE timm).{hint}")
+    kwargs = dict(pretrained=False, num_classes=cfg.MODEL.NUM_CLASSES, drop_rate=cfg.MODEL.DROP_RATE,
+                  drop_path_rate=cfg.MODEL.DROP_PATH_RATE, **overrides)
+    with torch.device("meta"):  # free: only to see whether the architecture is built for one input size
+        probe = timm.create_model(arch, **kwargs)
+    if "img_size" in inspect.signature(type(probe)).parameters:
+        kwargs["img_size"] = cfg.DATA.IMG_SIZE
+    return timm.create_model(arch, **kwargs)
+
+
+def _pvt_model(cfg: Any) -> nn.Module:
+    """A PVT v1 size by MODEL.NAME (pvt_tiny, pvt_small, pvt_medium, pvt_large)."""
+    if cfg.MODEL.NAME not in PVT_ZOO:
+        raise UnknownModelError(f"MODEL.NAME {cfg.MODEL.NAME!r} is not a PVT v1 size (MODEL.TYPE pvt); "
+                                f"use one of {', '.join(PVT_ZOO)}.")
+    return create_pvt(cfg.MODEL.NAME, img_size=cfg.DATA.IMG_SIZE, num_classes=cfg.MODEL.NUM_CLASSES,
+                      drop_rate=cfg.MODEL.DROP_RATE, drop_path_rate=cfg.MODEL.DROP_PATH_RATE)
 
 
 def build_model(cfg: Any, device: Optional[torch.device] = None) -> nn.Module:
-    """The model cfg.MODEL.TYPE names: "swin" (architecture from MODEL.SWIN.*, never from MODEL.NAME) or "timm"
-    (any timm model MODEL.NAME, for the paper's baselines). `device` only chooses the attention kernel."""
+    """The model cfg.MODEL.TYPE names: "swin" (architecture from MODEL.SWIN.*, never from MODEL.NAME), "pvt" (PVT v1
+    by size name) or "timm" (a timm model by name, for the paper's baselines). `device` only chooses Swin's attention
+    kernel."""
     kind = cfg.MODEL.TYPE
     if kind == "swin":
         return SwinTransformer(**swin_kwargs(cfg, device))
+    if kind == "pvt":
+        return _pvt_model(cfg)
     if kind == "timm":
-        import difflib
-
-        import timm
-
-        if not timm.is_model(cfg.MODEL.NAME):
-            close = difflib.get_close_matches(cfg.MODEL.NAME, timm.list_models(), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else " `timm.list_models('pattern*')` lists them."
-            raise UnknownModelError(f"MODEL.NAME {cfg.MODEL.NAME!r} is not a timm model (MODEL.TYPE timm).{hint}")
-        return timm.create_model(cfg.MODEL.NAME, pretrained=False, num_classes=cfg.MODEL.NUM_CLASSES,
-                                 drop_rate=cfg.MODEL.DROP_RATE, drop_path_rate=cfg.MODEL.DROP_PATH_RATE)
-    raise ValueError(f"MODEL.TYPE must be 'swin' or 'timm', got {kind!r}")
+        return _timm_model(cfg)
+    raise ValueError(f"MODEL.TYPE must be 'swin', 'pvt' or 'timm', got {kind!r}")

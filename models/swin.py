@@ -78,6 +78,7 @@ class SwinTransformerBlock(nn.Module):
         *,
         rel_pos_bias: bool,
         attn_impl: str,
+        appearance: bool = True,
     ) -> None:
         super().__init__()
         # official rule: a window never exceeds the map it was built for (and then there is nothing to shift,
@@ -88,7 +89,7 @@ class SwinTransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(
             dim, num_heads, self.window, qkv_bias, qk_scale, attn_drop, drop,
-            rel_pos_bias=rel_pos_bias, attn_impl=attn_impl,
+            rel_pos_bias=rel_pos_bias, appearance=appearance, attn_impl=attn_impl,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
@@ -174,6 +175,7 @@ class SwinTransformer(nn.Module):
         *,
         shift: bool = True,
         rel_pos_bias: bool = True,
+        appearance: bool = True,
         attn_impl: str = "eager",
     ) -> None:
         super().__init__()
@@ -198,11 +200,11 @@ class SwinTransformer(nn.Module):
                 dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=i < self.num_layers - 1,
                 use_checkpoint=use_checkpoint, shift=shift, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                 qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, rel_pos_bias=rel_pos_bias,
-                attn_impl=attn_impl,
+                appearance=appearance, attn_impl=attn_impl,
             ))
         self.norm = nn.LayerNorm(self.num_features)
         self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(init_weights)
         if ape:
             trunc_normal_(self.absolute_pos_embed, std=0.02)
         for module in self.modules():
@@ -229,7 +231,7 @@ class SwinTransformer(nn.Module):
         """Replace the head by a freshly initialised one with num_classes outputs (0: no head)."""
         self.num_classes = num_classes
         self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(_init_weights)
+        self.head.apply(init_weights)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> normalised final token map (B, H/32, W/32, num_features)."""
@@ -254,7 +256,7 @@ class SwinTransformer(nn.Module):
         return self.head(x)
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
     # official init: truncated normal for linear weights, zero biases, unit LayerNorm
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)

@@ -9,6 +9,11 @@ By default the published value is the paper's comparison table where it lists th
 release's table otherwise (`--ref release` always uses the release's). Whether a model was pre-trained on
 ImageNet-22K is read from its name, pretrained weights or checkpoint ("22k" in any of them) unless
 `--pretrain` says so. Models without a published value show "—".
+
+    python scripts/make_table.py --tables [output]   # the paper's comparison and ablation tables, every row
+
+`--tables` prints every row of both tables in the paper's order (configs/published.csv): one line per run of the
+row among the given runs, or the published values with "—" where no run is given.
 """
 from __future__ import annotations
 
@@ -18,66 +23,15 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
 from typing import Any, Iterable
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
-@dataclass(frozen=True)
-class Published:
-    method: str
-    img_size: int
-    params_m: float
-    gflops: float
-    top1_err: float
-
-
-def _release(method: str, img_size: int, params_m: float, gflops: float, top1_acc: float) -> Published:
-    return Published(method, img_size, params_m, gflops, round(100.0 - top1_acc, 2))
-
-
-_T, _S = "swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224"
-_B, _B384 = "swin_base_patch4_window7_224", "swin_base_patch4_window12_384"
-_L, _L384 = "swin_large_patch4_window7_224", "swin_large_patch4_window12_384"
-
-# The official release's ImageNet-1K results (top-1 accuracy), keyed by (model, pre-training data).
-RELEASE = {
-    (_T, "1K"): _release("Swin-T", 224, 28, 4.5, 81.2),
-    (_S, "1K"): _release("Swin-S", 224, 50, 8.7, 83.2),
-    (_B, "1K"): _release("Swin-B", 224, 88, 15.4, 83.5),
-    (_B384, "1K"): _release("Swin-B", 384, 88, 47.1, 84.5),
-    (_T, "22K"): _release("Swin-T (22K)", 224, 28, 4.5, 80.9),
-    (_S, "22K"): _release("Swin-S (22K)", 224, 50, 8.7, 83.2),
-    (_B, "22K"): _release("Swin-B (22K)", 224, 88, 15.4, 85.2),
-    (_B384, "22K"): _release("Swin-B (22K)", 384, 88, 47.1, 86.4),
-    (_L, "22K"): _release("Swin-L (22K)", 224, 197, 34.5, 86.3),
-    (_L384, "22K"): _release("Swin-L (22K)", 384, 197, 103.9, 87.3),
-}
-
-# The paper's comparison table (top-1 error), Swin rows and the baselines (timm names where timm has them).
-PAPER = {
-    (_T, "1K"): Published("Swin-T", 224, 29, 4.5, 18.7),
-    (_S, "1K"): Published("Swin-S", 224, 50, 8.7, 17.0),
-    (_B, "1K"): Published("Swin-B", 224, 88, 15.4, 16.7),
-    (_B384, "1K"): Published("Swin-B", 384, 88, 47, 15.8),
-    (_B384, "22K"): Published("Swin-B (22K)", 384, 88, 47, 14.0),
-    (_L384, "22K"): Published("Swin-L (22K)", 384, 197, 104, 13.6),
-    ("resnet50", "1K"): Published("ResNet50", 224, 25.6, 4.1, 21.5),
-    ("resnext50_32x4d", "1K"): Published("ResNeXt50", 224, 25.0, 4.3, 20.5),
-    ("deit_small_patch16_224", "1K"): Published("DeiT-S", 224, 22.1, 4.6, 20.2),
-    ("PVT-S", "1K"): Published("PVT-S", 224, 24.5, 3.8, 20.2),
-    ("resnet101", "1K"): Published("ResNet101", 224, 44.7, 7.9, 20.2),
-    ("resnext101_32x4d", "1K"): Published("ResNeXt101", 224, 44.2, 8.0, 19.4),
-    ("ViT-S", "1K"): Published("ViT-S", 224, 48.8, 9.9, 19.2),
-    ("PVT-M", "1K"): Published("PVT-M", 224, 44.2, 6.7, 18.8),
-    ("resnext101_64x4d", "1K"): Published("ResNeXt101", 224, 83.5, 15.6, 18.5),
-    ("ViT-B", "1K"): Published("ViT-B", 224, 86.6, 17.6, 18.2),
-    ("deit_base_patch16_224", "1K"): Published("DeiT-B", 224, 86.6, 17.6, 18.2),
-    ("PVT-L", "1K"): Published("PVT-L", 224, 61.4, 9.8, 18.3),
-}
-BASELINES = [key for key in PAPER if not key[0].startswith("swin_")]
+from configs.published import Row, published_rows  # noqa: E402
 
 COLUMNS = ["Method", "Image size", "Param (M)", "published", "Δ", "GFLOPs", "published", "Δ",
            "Top-1 err (%)", "published", "Δ", "Run"]
+ABLATION_COLUMNS = ["Ablation (Swin-T)", "Top-1 (%)", "published", "Δ", "Run"]
 
 
 def canonical_name(model: str) -> str:
@@ -93,14 +47,22 @@ def pretrain_of(record: dict) -> str:
     return "22K" if "22k" in text else "1K"
 
 
-def published_for(record: dict, ref: str, pretrain: str) -> Published | None:
-    """The published numbers this record is compared with, or None."""
-    if record.get("dataset", "imagenet") != "imagenet":
-        return None  # the paper's table is ImageNet-1K validation only
-    key = (canonical_name(record["model"]), pretrain_of(record) if pretrain == "auto" else pretrain)
-    found = (PAPER.get(key) if ref == "paper" else None) or RELEASE.get(key)
-    return found if found is not None and found.img_size == record.get("img_size") else None
+def _matches(row: Row, record: dict, pretrain: str) -> bool:
+    """Whether an eval.json record is a run of this published row (ImageNet-1K validation, same model and size)."""
+    return (record.get("dataset", "imagenet") == "imagenet" and canonical_name(record["model"]) == row.model
+            and (pretrain_of(record) if pretrain == "auto" else pretrain) == row.pretrain
+            and record.get("img_size") == row.img_size)
 
+
+def published_for(record: dict, ref: str, pretrain: str) -> Row | None:
+    """The published row this record is compared with (the paper's comparison table, else the release's; only
+    the release's with ref "release"), or None."""
+    tables = ("comparison", "release") if ref == "paper" else ("release",)
+    for table in tables:
+        for row in published_rows(table):
+            if _matches(row, record, pretrain):
+                return row
+    return None
 
 def find_eval_files(paths: Iterable[str]) -> list[str]:
     """eval.json files given directly, in a run directory, or anywhere below a directory (sorted)."""
@@ -135,12 +97,13 @@ def _diff(measured: float | None, published: float | None, digits: int) -> str:
     return f"{measured - published:+.{digits}f}"
 
 
-def row_for(record: dict, run: str, ref: str = "paper", pretrain: str = "auto") -> list[str]:
+def row_for(record: dict, run: str, ref: str = "paper", pretrain: str = "auto",
+            pub: Row | None = None) -> list[str]:
     """One table row: measured value, published value and difference for params, GFLOPs, top-1 err."""
-    pub = published_for(record, ref, pretrain)
+    pub = pub or published_for(record, ref, pretrain)
     params_m = record["params"] / 1e6 if record.get("params") is not None else None
     gflops, err = record.get("gflops"), record["top1_err"]
-    method = pub.method if pub else record["model"]
+    method = pub.row if pub else record["model"]
     if record.get("ema"):
         method += " (EMA)"
     pub_params, pub_gflops, pub_err = (pub.params_m, pub.gflops, pub.top1_err) if pub else (None, None, None)
@@ -153,17 +116,26 @@ def row_for(record: dict, run: str, ref: str = "paper", pretrain: str = "auto") 
     ]
 
 
-def baseline_rows() -> list[list[str]]:
-    """The paper's baseline rows (published values only)."""
-    return [
-        [p.method, str(p.img_size), "—", _num(p.params_m, 1), "—", "—", _num(p.gflops, 1), "—", "—",
-         _num(p.top1_err, 1), "—", "paper"]
-        for p in (PAPER[k] for k in BASELINES)
-    ]
+def paper_tables(records: list[tuple[dict, str]], pretrain: str = "auto") -> tuple[list[list[str]], list[list[str]]]:
+    """The comparison and ablation tables with every published row: one line per run of the row among
+    `records` ((eval.json record, run directory) pairs), or one line of published values and "—" where none ran."""
+    comparison, ablation = [], []
+    for row in published_rows("comparison"):
+        runs = [(rec, run) for rec, run in records if _matches(row, rec, pretrain)]
+        comparison += [row_for(rec, run, pub=row) for rec, run in runs] or [[
+            row.row, str(row.img_size), "—", _num(row.params_m, 1), "—", "—", _num(row.gflops, 1), "—",
+            "—", _num(row.top1_err, 1), "—", "—"]]
+    for row in published_rows("ablation"):
+        runs = [(rec, run) for rec, run in records if _matches(row, rec, pretrain)]
+        published_acc = 100.0 - row.top1_err
+        ablation += [[row.row, _num(rec["top1_acc"], 2), _num(published_acc, 1),
+                      _diff(rec["top1_acc"], published_acc, 2), run] for rec, run in runs] or [[
+            row.row, "—", _num(published_acc, 1), "—", "—"]]
+    return comparison, ablation
 
 
-def to_markdown(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def to_markdown(rows: list[list[str]], columns: list[str] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -176,37 +148,53 @@ def write_csv(rows: list[list[str]], out: Any) -> None:
     w.writerows([["" if c == "—" else c for c in r] for r in rows])
 
 
+def _read_records(paths: list[str]) -> list[tuple[dict, str]]:
+    """(eval.json record, run directory) for every eval.json the paths name or hold."""
+    records = []
+    for path in find_eval_files(paths):
+        with open(path, encoding="utf-8") as f:
+            try:
+                record = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} is not valid JSON ({e}); re-run the evaluation.") from None
+        for field in ("model", "img_size", "top1_err", "top1_acc"):
+            if field not in record:
+                raise ValueError(f"{path} lacks the field {field!r}; it is not an eval.json of this project.")
+        records.append((record, os.path.dirname(path) or "."))
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, eval.json files or output roots")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories, eval.json files or output roots")
     p.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
     p.add_argument("--ref", choices=["paper", "release"], default="paper",
                    help="published values: the paper's table (release where it has none) or the release's")
     p.add_argument("--pretrain", choices=["auto", "1K", "22K"], default="auto",
                    help="pre-training data of every run (auto: from names)")
-    p.add_argument("--baselines", action="store_true", help="append the paper's baseline rows (ResNet, DeiT...)")
+    p.add_argument("--tables", action="store_true",
+                   help="the paper's comparison and ablation tables with every row, measured where a run is given")
     args = p.parse_args(argv)
-    rows = []
+    if not args.runs and not args.tables:
+        p.error("give run directories or eval.json files, or --tables")
     try:
-        for path in find_eval_files(args.runs):
-            with open(path, encoding="utf-8") as f:
-                try:
-                    record = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} is not valid JSON ({e}); re-run the evaluation.") from None
-            try:
-                rows.append(row_for(record, os.path.dirname(path) or ".", args.ref, args.pretrain))
-            except KeyError as e:
-                raise ValueError(f"{path} lacks the field {e}; it is not an eval.json of this project.") from None
+        records = _read_records(args.runs) if args.runs else []
+        if not args.tables:
+            rows = [row_for(rec, run, args.ref, args.pretrain) for rec, run in records]
+            write_csv(rows, sys.stdout) if args.csv else sys.stdout.write(to_markdown(rows))
+            return 0
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.baselines:
-        rows += baseline_rows()
+    comparison, ablation = paper_tables(records, args.pretrain)
     if args.csv:
-        write_csv(rows, sys.stdout)
+        write_csv(comparison, sys.stdout)
+        csv.writer(sys.stdout, lineterminator="\n").writerows(
+            [["ablation", "top1_acc", "top1_acc_published", "top1_acc_diff", "run"]]
+            + [["" if c == "—" else c for c in r] for r in ablation])
     else:
-        sys.stdout.write(to_markdown(rows))
+        sys.stdout.write("Comparison (ImageNet-1K)\n\n" + to_markdown(comparison))
+        sys.stdout.write("\nAblation (paper Table 4)\n\n" + to_markdown(ablation, ABLATION_COLUMNS))
     return 0
 
 

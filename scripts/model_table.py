@@ -1,9 +1,14 @@
-"""Print a Markdown table of every registered Swin variant: name, image size, parameters, GFLOPs.
+"""Print parameters and GFLOPs of every registered Swin variant and of every row of the paper's tables.
 
-Counts come from models built on the meta device, so the table costs no memory or compute.
-`--json` also prints one JSON list of {"name", "img_size", "params", "gflops"} as the last line.
+Three Markdown tables: the Swin zoo (models.ZOO), the comparison table (18 rows: Swin and its baselines) and the
+ablation table (Table 4, Swin-T variants). For the paper's rows each model is built from the config that
+reproduces the row (configs/published.csv names it) and its measured numbers stand beside the printed ones, with
+"ok" where they agree within the tolerance of configs/published.py and the row's note where they do not.
+Models are built on the meta device, so the whole table costs no memory and a few seconds.
+`--json` also prints {"zoo": [...], "comparison": [...], "ablation": [...]} as the last line.
 """
 import argparse
+import functools
 import json
 import logging
 import os
@@ -14,14 +19,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
-from models import ZOO, create_model  # noqa: E402
+from configs import get_config  # noqa: E402
+from configs.published import Row, published_rows  # noqa: E402
+from models import ZOO, build_model, create_model  # noqa: E402
 from models.flops import count_flops, count_params  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def model_rows() -> List[Dict[str, object]]:
-    """One row per registered model with its exact parameter count and GFLOPs (multiply-adds / 1e9)."""
+    """One row per registered Swin variant with its exact parameter count and GFLOPs (multiply-adds / 1e9)."""
     rows = []
     for name, variant in ZOO.items():
         with torch.device("meta"):
@@ -31,17 +38,48 @@ def model_rows() -> List[Dict[str, object]]:
     return rows
 
 
+@functools.lru_cache(maxsize=None)
+def measure(row: Row) -> Dict[str, object]:
+    """A published row with the parameters and GFLOPs of the model its config builds (computed once per row)."""
+    cfg = get_config(row.config_path)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    params, gflops = count_params(model), count_flops(model, cfg.DATA.IMG_SIZE) / 1e9
+    return {
+        "row": row.row, "config": row.config, "model": cfg.MODEL.NAME, "img_size": cfg.DATA.IMG_SIZE,
+        "params": params, "params_published_m": row.params_m, "gflops": round(gflops, 2),
+        "gflops_published": row.gflops, "top1_err_published": row.top1_err,
+        "agrees": row.params_agree(params) and row.gflops_agree(gflops), "note": row.note,
+    }
+
+
+def _published(value: object) -> str:
+    return "—" if value is None else str(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="also print the rows as one JSON line at the end")
+    parser.add_argument("--json", action="store_true", help="also print every table as one JSON line at the end")
     args = parser.parse_args()
-    rows = model_rows()
+    zoo = model_rows()
     print("| model | image size | params | GFLOPs |")
     print("|---|---|---|---|")
-    for r in rows:
+    for r in zoo:
         print(f"| {r['name']} | {r['img_size']} | {r['params']:,} ({r['params'] / 1e6:.1f}M) | {r['gflops']:.1f} |")
+    tables = {"zoo": zoo}
+    for table in ("comparison", "ablation"):
+        rows = [measure(r) for r in published_rows(table)]
+        tables[table] = rows
+        print(f"\n{table} table\n")
+        print("| row | config | image size | params (M) | published | GFLOPs | published | top-1 err published | |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            verdict = "ok" if r["agrees"] else f"differs: {r['note'] or 'NO NOTE'}"
+            print(f"| {r['row']} | {r['config']} | {r['img_size']} | {r['params'] / 1e6:.2f} | "
+                  f"{_published(r['params_published_m'])} | {r['gflops']:.2f} | {_published(r['gflops_published'])} | "
+                  f"{r['top1_err_published']} | {verdict} |")
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps(tables))
 
 
 if __name__ == "__main__":

@@ -48,8 +48,29 @@ def test_timm_type_builds_a_baseline():
 def test_unknown_type_is_one_clear_error():
     cfg = get_defaults()  # get_config itself already rejects the value; build_model must too
     cfg.MODEL.TYPE = "vit"
-    with pytest.raises(ValueError, match="MODEL.TYPE must be 'swin' or 'timm', got 'vit'"):
+    with pytest.raises(ValueError, match="MODEL.TYPE must be 'swin', 'pvt' or 'timm', got 'vit'"):
         build_model(cfg)
+
+
+def test_pvt_type_builds_pvt_v1_and_names_the_sizes_otherwise():
+    from models.build import UnknownModelError
+    from models.pvt import PyramidVisionTransformer
+
+    cfg = get_config(opts=["MODEL.TYPE", "pvt", "MODEL.NAME", "pvt_tiny", "MODEL.NUM_CLASSES", "10",
+                           "DATA.IMG_SIZE", "64"])
+    model = build_model(cfg)
+    assert isinstance(model, PyramidVisionTransformer) and model.head.out_features == 10
+    assert model.patch_embed1.grid == (16, 16)
+    cfg = get_config(opts=["MODEL.TYPE", "pvt", "MODEL.NAME", "pvt_v2_b0"])
+    with pytest.raises(UnknownModelError, match="'pvt_v2_b0' is not a PVT v1 size .*pvt_tiny, pvt_small"):
+        build_model(cfg)
+
+
+def test_timm_vision_transformers_are_built_for_the_image_size():
+    cfg = get_config(opts=["MODEL.TYPE", "timm", "MODEL.NAME", "vit_small_patch16_224_v2020", "DATA.IMG_SIZE", "64",
+                           "MODEL.NUM_CLASSES", "10"])
+    model = build_model(cfg)
+    assert model.patch_embed.img_size == (64, 64) and len(model.blocks) == 8 and model.blocks[0].attn.qkv.bias is None
 
 
 def test_misspelled_timm_model_is_one_clear_error():

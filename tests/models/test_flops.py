@@ -5,13 +5,11 @@ import pytest
 import torch
 
 import models
+from configs.published import published_rows
 from models.flops import count_flops, count_params
 
-PAPER_GFLOPS = {
-    "swin_tiny_patch4_window7_224": 4.5, "swin_small_patch4_window7_224": 8.7,
-    "swin_base_patch4_window7_224": 15.4, "swin_base_patch4_window12_384": 47.1,
-    "swin_large_patch4_window7_224": 34.5, "swin_large_patch4_window12_384": 103.9,
-}
+# the official release's table (configs/published.csv): GFLOPs of every registered variant
+PAPER_GFLOPS = {r.model: r.gflops for r in published_rows("release")}
 
 
 @pytest.mark.parametrize("name", models.list_models())
@@ -44,7 +42,12 @@ def test_model_table_script_prints_markdown_and_json(capsys, monkeypatch):
     model_table.main()
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| model | image size | params | GFLOPs |")
-    rows = json.loads(lines[-1])
+    tables = json.loads(lines[-1])
+    assert len(tables["comparison"]) == 18 and len(tables["ablation"]) == 7
+    assert all(r["agrees"] or r["note"] for r in tables["comparison"] + tables["ablation"])
+    pvt_s = next(r for r in tables["comparison"] if r["row"] == "PVT-S")
+    assert (pvt_s["params"], pvt_s["params_published_m"], pvt_s["gflops_published"]) == (24_485_864, 24.5, 3.8)
+    rows = tables["zoo"]
     assert [r["name"] for r in rows] == models.list_models()
     assert {r["name"]: r["gflops"] for r in rows} == PAPER_GFLOPS
     assert rows[0] == {"name": "swin_tiny_patch4_window7_224", "img_size": 224, "params": 28288354, "gflops": 4.5}

@@ -5,7 +5,7 @@ import torchvision
 from timm.models.swin_transformer import checkpoint_filter_fn
 
 import models
-from models import SwinTransformer, create_model
+from models import SwinTransformer, count_params, create_model
 from models.weights import load_weights
 from tests.helpers.models import perturb, tiny_kwargs
 
@@ -177,6 +177,27 @@ def test_ablations_remove_shift_and_bias():
     for impl in ("eager", "sdpa"):
         no_bias.set_attn_impl(impl)
         assert torch.isfinite(no_bias(x)).all()
+
+
+def test_without_appearance_the_weights_come_from_the_bias_alone():
+    """The ablation "rel. pos. w/o app.": softmax(B + mask) @ v, so the query and key projections change nothing."""
+    torch.manual_seed(0)
+    model = perturb(SwinTransformer(**tiny_kwargs(), appearance=False)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    for impl in ("eager", "sdpa"):
+        model.set_attn_impl(impl)
+        with torch.no_grad():
+            before = model(x)
+            for m in model.modules():
+                if hasattr(m, "qkv"):
+                    c = m.dim
+                    m.qkv.weight[:2 * c].normal_()  # the q and k rows
+                    m.qkv.bias[:2 * c].normal_()
+            assert torch.equal(model(x), before)
+            model.layers[0].blocks[0].attn.qkv.weight[2 * 16:].normal_()  # the v rows do matter
+            assert not torch.allclose(model(x), before)
+    with_app = SwinTransformer(**tiny_kwargs())
+    assert count_params(with_app) == count_params(model)  # same parameters, q and k unused
 
 
 def test_each_stage_is_built_for_the_map_it_runs_on():

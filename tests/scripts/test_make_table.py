@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from configs.published import published_rows
 from scripts import make_table
 
 
@@ -76,16 +77,28 @@ def test_pretrain_detection_and_override(tmp_path):
 
 
 def test_every_release_model_has_a_published_row():
-    assert len(make_table.RELEASE) == 10
-    for (name, pretrain), pub in make_table.RELEASE.items():
-        assert name.endswith(str(pub.img_size)) and pretrain in ("1K", "22K")
-    assert make_table.RELEASE[("swin_large_patch4_window12_384", "22K")].top1_err == pytest.approx(12.7)
+    release = published_rows("release")
+    assert len(release) == 10
+    for row in release:
+        assert row.model.endswith(str(row.img_size)) and row.pretrain in ("1K", "22K")
+    large = [r for r in release if r.model == "swin_large_patch4_window12_384"]
+    assert [r.top1_err for r in large] == [pytest.approx(12.7)]
 
 
-def test_baselines_are_appended(runs, capsys):
-    out = _run(capsys, runs / "tiny", "--baselines")
-    assert "| ResNet50 | 224 | — | 25.6 | — | — | 4.1 | — | — | 21.5 | — | paper |" in out
-    assert out.count("| paper |") == 12
+def test_tables_print_every_row_measured_where_a_run_exists(runs, tmp_path, capsys):
+    (tmp_path / "abl").mkdir()
+    (tmp_path / "abl" / "eval.json").write_text(json.dumps(
+        _record("swin_tiny_ablation_no_shift", 224, 28_288_354, 4.494, 80.05)))
+    out = _run(capsys, "--tables", runs / "tiny", runs / "mine", tmp_path / "abl")
+    comparison, ablation = out.split("Ablation (paper Table 4)")
+    assert comparison.count("\n| ") == 1 + 18  # header + every row of the comparison table
+    assert "| ResNet50 | 224 | — | 25.6 | — | — | 4.1 | — | — | 21.5 | — | — |" in comparison
+    assert f"| Swin-T | 224 | 28.3 | 29.0 | -0.7 | 4.49 | 4.5 | -0.01 | 18.83 | 18.7 | +0.13 | {runs / 'tiny'} |" in comparison
+    assert "my_net" not in out  # a run of no row is not in the paper's tables
+    assert ablation.count("\n| ") == 1 + 7
+    assert f"| w/o shifting | 80.05 | 80.2 | -0.15 | {tmp_path / 'abl'} |" in ablation
+    assert "| no pos. | — | 80.1 | — | — |" in ablation
+    assert f"| shifted windows | 81.17 | 81.3 | -0.13 | {runs / 'tiny'} |" in ablation  # the Swin-T run
 
 
 def test_errors_name_the_path(tmp_path, capsys):
