@@ -171,6 +171,15 @@ def _validate(cfg: CN) -> None:
             f"lower TRAIN.WARMUP_EPOCHS (e.g. --opts TRAIN.WARMUP_EPOCHS {max(cfg.TRAIN.EPOCHS // 10, 0)}) or raise "
             "TRAIN.EPOCHS."
         )
+    for key in ("MEAN", "STD"):
+        value = list(cfg.DATA[key])
+        if value and (len(value) != 3 or not all(isinstance(v, (int, float)) for v in value)
+                      or (key == "STD" and min(value) <= 0)):
+            raise ConfigError(f"DATA.{key} must be three numbers (R, G, B, on the 0-1 scale{', > 0' if key == 'STD' else ''}) "
+                              f"or empty for the model's own, got {value}.")
+    if not 0.0 <= cfg.TEST.CROP_PCT <= 1.0:
+        raise ConfigError(f"TEST.CROP_PCT is the center-crop fraction, in (0, 1] (0: the model's own), got "
+                          f"{cfg.TEST.CROP_PCT}.")
     if cfg.TRAIN.TIME_BUDGET < 0:
         raise ConfigError(f"TRAIN.TIME_BUDGET is in minutes and must be >= 0 (0: off), got {cfg.TRAIN.TIME_BUDGET}.")
     if cfg.TRAIN.TIME_BUDGET > 0 and cfg.TRAIN.LR_SCHEDULER.NAME == "cosine" and cfg.TRAIN.WARMUP_EPOCHS < 1:

@@ -17,6 +17,9 @@ _C.DATA.DATA_PATH = ""  # data set root (ImageNet folder/zip layout, IN-22K map 
 _C.DATA.DATASET = "imagenet"  # imagenet | imagenet22K | fashion_mnist | synthetic
 _C.DATA.IMG_SIZE = 224  # input resolution (square)
 _C.DATA.INTERPOLATION = "bicubic"  # resize interpolation: random | bilinear | bicubic
+_C.DATA.MEAN = []  # (new) input normalization mean (RGB, 0-1); empty: the model's own (a timm model's pretrained
+                   # config), else ImageNet's
+_C.DATA.STD = []  # (new) input normalization std; empty: as DATA.MEAN
 _C.DATA.ZIP_MODE = False  # read the official zipped layout (train.zip + train_map.txt)
 _C.DATA.CACHE_MODE = "part"  # zip mode caching: no | part (each rank its shard) | full
 _C.DATA.PIN_MEMORY = True  # pin host memory for faster copies (used on CUDA only)
@@ -124,6 +127,8 @@ _C.AUG.REPEATED_AUG_REPEATS = 3  # (new) copies of each image per epoch under re
 # ----------------------------------------------------------------------------------------------------------
 _C.TEST = CN()
 _C.TEST.CROP = True  # resize to 256/224 x IMG_SIZE then center crop; False resizes straight to IMG_SIZE
+_C.TEST.CROP_PCT = 0.0  # (new) center-crop fraction with TEST.CROP (resize to IMG_SIZE / CROP_PCT); 0: the model's
+                        # own (a timm model's pretrained config), else 224/256 as officially
 _C.TEST.SEQUENTIAL = False  # official key; evaluation is always exact and sharded without padding here
 _C.TEST.SHUFFLE = False  # official key; evaluation order does not change its counts here
 _C.TEST.USE_EMA = False  # (new) report the EMA weights in the final eval.json

@@ -49,9 +49,16 @@ def fix_posterize(transform: Callable) -> None:
                 op.aug_fn = posterize_any_bits
 
 
+def normalization(cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the input normalization: DATA.MEAN / DATA.STD, or ImageNet's where they are empty."""
+    mean, std = cfg.DATA.get("MEAN", []), cfg.DATA.get("STD", [])
+    return tuple(mean) or IMAGENET_DEFAULT_MEAN, tuple(std) or IMAGENET_DEFAULT_STD
+
+
 def build_transform(is_train: bool, cfg) -> Callable:
     """PIL RGB image -> normalized float tensor 3 x IMG_SIZE x IMG_SIZE, as the official release builds it."""
     size = cfg.DATA.IMG_SIZE
+    mean, std = normalization(cfg)
     resize_im = size > 32
     if is_train:
         _warn_jitter_ignored(cfg)
@@ -64,8 +71,8 @@ def build_transform(is_train: bool, cfg) -> Callable:
             re_mode=cfg.AUG.REMODE,
             re_count=cfg.AUG.RECOUNT,
             interpolation=cfg.DATA.INTERPOLATION,
-            mean=IMAGENET_DEFAULT_MEAN,
-            std=IMAGENET_DEFAULT_STD,
+            mean=mean,
+            std=std,
         )
         fix_posterize(t)
         if not resize_im:  # small images (CIFAR-like): padded random crop instead of RandomResizedCrop
@@ -79,12 +86,14 @@ def build_transform(is_train: bool, cfg) -> Callable:
     t: list = []
     if resize_im:
         if cfg.TEST.CROP:
-            t += [transforms.Resize(int((256 / 224) * size), interpolation=interp), transforms.CenterCrop(size)]
+            crop_pct = cfg.TEST.get("CROP_PCT", 0.0)
+            resize = int(size / crop_pct) if crop_pct else int((256 / 224) * size)  # official: 224/256
+            t += [transforms.Resize(resize, interpolation=interp), transforms.CenterCrop(size)]
         else:
             t.append(transforms.Resize((size, size), interpolation=interp))
     else:
         # Official: no resize. The center crop is a no-op at the native size and makes 28x28 Fashion-MNIST
         # collate at IMG_SIZE 32 too (padding like the training crop).
         t.append(transforms.CenterCrop(size))
-    t += [transforms.ToTensor(), transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
+    t += [transforms.ToTensor(), transforms.Normalize(mean, std)]
     return transforms.Compose(t)

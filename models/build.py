@@ -110,6 +110,26 @@ def _timm_model(cfg: Any) -> nn.Module:
     return timm.create_model(arch, **kwargs)
 
 
+def own_input_config(cfg: Any) -> Dict[str, Any]:
+    """The model's own input normalization and test crop for the keys the config leaves empty (DATA.MEAN, DATA.STD,
+    TEST.CROP_PCT): a timm model's pretrained config (that of its default weights, e.g. mean 0.5 for ViT-B's, crop
+    0.95 for ResNet-50's), so that evaluating timm's weights sees the inputs they were trained on. Empty for Swin,
+    PVT and TIMM_SHAPES models: they use ImageNet's normalization and the official 224/256 crop."""
+    if cfg.MODEL.TYPE != "timm" or cfg.MODEL.NAME in TIMM_SHAPES:
+        return {}
+    import timm
+
+    if not timm.is_model(cfg.MODEL.NAME):
+        return {}  # build_model reports the name
+    pretrained = timm.models.get_pretrained_cfg(cfg.MODEL.NAME)
+    if pretrained is None:
+        return {}
+    own = {"DATA.MEAN": [float(v) for v in pretrained.mean], "DATA.STD": [float(v) for v in pretrained.std],
+           "TEST.CROP_PCT": float(pretrained.crop_pct)}
+    given = {"DATA.MEAN": list(cfg.DATA.MEAN), "DATA.STD": list(cfg.DATA.STD), "TEST.CROP_PCT": cfg.TEST.CROP_PCT}
+    return {k: v for k, v in own.items() if not given[k]}
+
+
 def _pvt_model(cfg: Any) -> nn.Module:
     """A PVT v1 size by MODEL.NAME (pvt_tiny, pvt_small, pvt_medium, pvt_large)."""
     if cfg.MODEL.NAME not in PVT_ZOO:

@@ -1,4 +1,5 @@
-"""Load Swin weights from the official, timm or torchvision layout, exactly or for fine-tuning.
+"""Load Swin weights from the official, timm or torchvision layout, exactly or for fine-tuning; other models
+(PVT v1, the timm baselines) load their own layout (the official PVT release's, timm's) unchanged.
 
 Files are read with torch.load(weights_only=True): nothing in a checkpoint is ever run as code. "exact" mode
 demands every parameter with its shape; "finetune" mode resizes relative position bias tables and the
@@ -17,12 +18,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .imagenet22k import IN22K_NUM_CLASSES, in22k_to_in1k_indices
+from .swin import SwinTransformer
 
 log = logging.getLogger(__name__)
 
 MODES = ("exact", "finetune")
 _BUFFERS = ("relative_position_index", "attn_mask", "relative_coords_table")  # derived, never loaded
 _HEAD = ("head.weight", "head.bias")
+
+
+def _head_keys(model: nn.Module) -> tuple:
+    """State-dict keys of the classifier: Swin's and PVT's `head`, a timm model's get_classifier() (ResNet's `fc`)."""
+    get_classifier = getattr(model, "get_classifier", None)
+    classifier = get_classifier() if callable(get_classifier) else getattr(model, "head", None)
+    if not isinstance(classifier, nn.Module):
+        return _HEAD
+    owned = {id(p) for p in classifier.parameters()}
+    return tuple(k for k, p in model.named_parameters() if id(p) in owned) or _HEAD
 
 
 class WeightsError(RuntimeError):
@@ -57,6 +69,10 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
+    if path.endswith(".safetensors"):  # timm's Hub files: tensors only by construction
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -112,7 +128,7 @@ def _detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
 
 
 _CONVERTERS: Dict[str, Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]] = {
-    "official": lambda sd: sd, "timm": _from_timm, "torchvision": _from_torchvision,
+    "official": lambda sd: sd, "timm": _from_timm, "torchvision": _from_torchvision, "own": lambda sd: sd,
 }
 
 
@@ -135,12 +151,13 @@ def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
 def load_weights(
     model: nn.Module, source: Union[str, os.PathLike, Mapping[str, Any]], mode: str = "exact"
 ) -> LoadReport:
-    """Load official/timm/torchvision Swin weights (a path or a state dict) into model and report what happened."""
+    """Load weights (a path or a state dict) into model and report what happened: a Swin model takes the official,
+    timm or torchvision layout; any other model its own layout."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "state dict"
     raw = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
-    layout = _detect_layout(_unwrap(raw))
+    layout = _detect_layout(_unwrap(raw)) if isinstance(model, SwinTransformer) else "own"
     sd = _CONVERTERS[layout](_unwrap(raw))
     report = LoadReport(name, layout, mode)
     report.skipped = sorted(k for k in sd if k.rsplit(".", 1)[-1] in _BUFFERS)
@@ -184,18 +201,19 @@ def _adapt(model: nn.Module, sd: Dict[str, torch.Tensor], target: Dict[str, torc
         elif k == "absolute_pos_embed" and v.shape[2] == target[k].shape[2]:
             sd[k] = resize_pos_embed(v, target[k].shape[1])
             report.resized.append(k)
-    head_shapes = [(sd[k].shape, target[k].shape) for k in _HEAD if k in sd and k in target]
-    if any(a != b for a, b in head_shapes) or any(k in target and k not in sd for k in _HEAD):
+    head = _head_keys(model)
+    head_shapes = [(sd[k].shape, target[k].shape) for k in head if k in sd and k in target]
+    if any(a != b for a, b in head_shapes) or any(k in target and k not in sd for k in head):
         if head_shapes and head_shapes[0][0][0] == IN22K_NUM_CLASSES and head_shapes[0][1][0] == 1000:
             rows = torch.tensor(in22k_to_in1k_indices())
-            for k in _HEAD:
+            for k in head:
                 if k in sd:
                     sd[k] = sd[k][rows]
                     report.remapped.append(k)
         else:
             log.warning("head of the checkpoint does not fit the model's %d classes: re-initialising it",
                         getattr(model, "num_classes", -1))
-            for k in _HEAD:
+            for k in head:
                 if k in target:
                     sd[k] = target[k]
                     report.reinitialized.append(k)

@@ -104,3 +104,21 @@ def test_small_image_crop_padding_is_configurable():
     for _ in range(8):  # without padding the crop is the whole image: the output is the image or its mirror
         out = flips_only(img)
         assert torch.equal(out, plain) or torch.equal(out, plain.flip(-1))
+
+
+def test_normalization_and_test_crop_follow_the_config():
+    cfg = get_config(opts=["DATA.MEAN", "[0.5, 0.5, 0.5]", "DATA.STD", "[0.5, 0.5, 0.5]", "TEST.CROP_PCT", "0.95"])
+    for is_train in (True, False):
+        norm = [t for t in build_transform(is_train, cfg).transforms if isinstance(t, T.Normalize)]
+        assert [tuple(n.mean) for n in norm] == [(0.5, 0.5, 0.5)] and tuple(norm[0].std) == (0.5, 0.5, 0.5)
+    resize = build_transform(False, cfg).transforms[0]
+    assert resize.size == int(224 / 0.95)  # 235, timm's crop_pct 0.95
+    default = build_transform(False, get_config())
+    assert default.transforms[0].size == 256 and tuple(default.transforms[-1].mean) == IMAGENET_DEFAULT_MEAN
+
+
+def test_normalization_values_are_checked():
+    with pytest.raises(Exception, match=r"DATA.STD must be three numbers .*> 0"):
+        get_config(opts=["DATA.STD", "[0.2, 0.2, 0.0]"])
+    with pytest.raises(Exception, match=r"TEST.CROP_PCT is the center-crop fraction"):
+        get_config(opts=["TEST.CROP_PCT", "1.5"])

@@ -114,3 +114,15 @@ def _variant_opts(name: str) -> list:
     return ["MODEL.SWIN.EMBED_DIM", str(v.embed_dim), "MODEL.SWIN.DEPTHS", str(list(v.depths)),
             "MODEL.SWIN.NUM_HEADS", str(list(v.num_heads)), "MODEL.SWIN.WINDOW_SIZE", str(v.window_size),
             "DATA.IMG_SIZE", str(v.img_size)]
+
+
+def test_timm_models_bring_their_own_normalization_and_test_crop():
+    from models.build import own_input_config
+
+    vit = get_config(opts=["MODEL.TYPE", "timm", "MODEL.NAME", "vit_base_patch16_224"])
+    assert own_input_config(vit) == {"DATA.MEAN": [0.5] * 3, "DATA.STD": [0.5] * 3, "TEST.CROP_PCT": 0.9}
+    resnet = get_config(opts=["MODEL.TYPE", "timm", "MODEL.NAME", "resnet50", "DATA.MEAN", "[0.4, 0.4, 0.4]"])
+    assert own_input_config(resnet) == {"DATA.STD": [0.229, 0.224, 0.225], "TEST.CROP_PCT": 0.95}  # given: kept
+    for opts in ([], ["MODEL.TYPE", "pvt", "MODEL.NAME", "pvt_small"],
+                 ["MODEL.TYPE", "timm", "MODEL.NAME", "vit_small_patch16_224_v2020"]):
+        assert own_input_config(get_config(opts=opts)) == {}  # ImageNet's and the official crop

@@ -133,3 +133,32 @@ def test_22k_to_1k_map_equals_the_official_file():
         official = [int(line) for line in f if line.strip()]
     assert len(official) == 1000
     assert in22k_to_in1k_indices() == official
+
+
+def test_other_models_load_their_own_layout_and_fine_tune_their_classifier(tmp_path):
+    """A timm baseline's file (state dict or safetensors) and an official PVT file ({"model": ...}) load unchanged;
+    fine-tuning re-initialises the classifier wherever the model keeps it (ResNet's fc, PVT's head)."""
+    import timm
+    from safetensors.torch import save_file
+
+    from models.pvt import create_pvt
+
+    torch.manual_seed(0)
+    src = timm.create_model("test_resnet", num_classes=1000)
+    save_file(src.state_dict(), str(tmp_path / "r.safetensors"))
+    torch.save(src.state_dict(), tmp_path / "r.pth")
+    for name in ("r.safetensors", "r.pth"):
+        dst = timm.create_model("test_resnet", num_classes=1000)
+        assert load_weights(dst, tmp_path / name).layout == "own"
+        assert all(torch.equal(a, b) for a, b in zip(dst.state_dict().values(), src.state_dict().values()))
+    ten = timm.create_model("test_resnet", num_classes=10)
+    report = load_weights(ten, tmp_path / "r.pth", "finetune")
+    assert report.reinitialized == ["fc.weight", "fc.bias"]
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in ten.state_dict().items() if not k.startswith("fc."))
+    pvt = create_pvt("pvt_tiny", img_size=64)
+    torch.save({"model": pvt.state_dict()}, tmp_path / "pvt.pth")
+    five = create_pvt("pvt_tiny", img_size=64, num_classes=5)
+    assert load_weights(five, tmp_path / "pvt.pth", "finetune").reinitialized == ["head.weight", "head.bias"]
+    assert torch.equal(five.pos_embed4, pvt.pos_embed4)
+    with pytest.raises(WeightsError, match="mis-shaped"):
+        load_weights(create_pvt("pvt_tiny", img_size=64, num_classes=5), tmp_path / "pvt.pth")
