@@ -47,6 +47,8 @@ _C.MODEL.NUM_CLASSES = 1000  # classifier outputs; must agree with the data set
 _C.MODEL.DROP_RATE = 0.0  # dropout rate
 _C.MODEL.DROP_PATH_RATE = 0.1  # stochastic depth rate (linearly increasing over blocks)
 _C.MODEL.LABEL_SMOOTHING = 0.1  # label smoothing when mixup/cutmix is off
+_C.MODEL.SYNC_BN = False  # (new) SyncBatchNorm over the ranks (CUDA only); off: each rank's own statistics, averaged
+                          # before every evaluation and save
 
 _C.MODEL.SWIN = CN()
 _C.MODEL.SWIN.PATCH_SIZE = 4  # patch embedding stride and kernel

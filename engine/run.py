@@ -146,7 +146,7 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
              amp.dtype_name, amp.reason, run_dir)
     if info.is_main:
         _write_run_files(cfg, derived)
-    model = models.build_model(cfg, info.device).to(info.device)
+    model = _with_sync_batchnorm(models.build_model(cfg, info.device), cfg, info).to(info.device)
     log.info("model %s/%s: %s parameters", cfg.MODEL.TYPE, name,
              f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
     if cfg.THROUGHPUT_MODE:
@@ -172,6 +172,18 @@ def _with_own_input_config(cfg: CfgNode) -> tuple[CfgNode, dict]:
         cfg[section][name] = value
     cfg.freeze()
     return cfg, own
+
+
+def _with_sync_batchnorm(model: torch.nn.Module, cfg: CfgNode, info: DistInfo) -> torch.nn.Module:
+    """MODEL.SYNC_BN: BatchNorm layers normalize with the statistics of the whole batch over every rank. torch's
+    SyncBatchNorm runs on CUDA only; off (and in one process) nothing changes."""
+    if not cfg.MODEL.SYNC_BN or info.world_size == 1:
+        return model
+    if info.device.type != "cuda":
+        raise ConfigError(f"MODEL.SYNC_BN needs CUDA devices (torch's SyncBatchNorm does not run on "
+                          f"{info.device.type}); set it False: each rank then keeps its own statistics, averaged over "
+                          "the ranks before every evaluation and save.")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _model_of_checkpoint_to_evaluate(cfg: CfgNode) -> tuple[CfgNode, list[str]]:

@@ -18,6 +18,7 @@
 #       difference, bounded: cudnn.benchmark and atomic adds make GPU runs differ in the last bits)
 #   (4b) deterministic: two runs with TRAIN.DETERMINISTIC end bitwise equal; its cost in epoch time
 #   (5) amp_bf16 / amp_fp16: main.py training under bf16 and under fp16 autocast (GradScaler), losses finite
+#   (5b) sync_bn: MODEL.SYNC_BN (SyncBatchNorm) through torchrun on 2 or more GPUs, eval.json written
 #   (6) uint8_input / uint8_main: DeviceNormalize on the GPU against the CPU (bitwise), RandomErasing on the GPU,
 #       and main.py for one epoch on a tiny JPEG folder
 #   (7) speed: scripts/benchmark.py for Swin-T and Swin-B side by side with timm and torchvision (JSON in $OUT),
@@ -53,8 +54,8 @@ else
 fi
 export NPROC
 PASSED=() FAILED=() SKIPPED=() NOT_APPLICABLE=()
-CORRECTNESS=(eval_after_training sdpa_kernels ddp_torchrun preempt_resume deterministic amp_bf16 amp_fp16 uint8_input
-             uint8_main)
+CORRECTNESS=(eval_after_training sdpa_kernels ddp_torchrun preempt_resume deterministic amp_bf16 amp_fp16 sync_bn
+             uint8_input uint8_main)
 
 # every process a step started: its command line names $WORK (scripts and run directories live there)
 reap() { pkill -KILL -f -- "$WORK" 2> /dev/null; sleep 1; pkill -KILL -f -- "$WORK" 2> /dev/null; true; }
@@ -383,7 +384,7 @@ tag=$1 dtype=$2 launcher=(python)
                                  --nproc_per_node="$NPROC")
 shift 3
 "${launcher[@]}" main.py --device "$GC_DEVICE" --output "$RUNS" --tag "$tag" --opts "$@" \
-  && python "$WORK/eval_ok.py" "$RUNS/gpu_check_tiny/$tag" "$dtype"
+  && python "$WORK/eval_ok.py" "$RUNS/${RUN_MODEL:-gpu_check_tiny}/$tag" "$dtype"
 EOF
 keep() {  # the small result files of a run (not its checkpoints) into $OUT/runs/TAG
   mkdir -p "$OUT/runs/$1"
@@ -431,6 +432,15 @@ elif needs_yacs amp_fp16; then
   check amp_fp16 120 bash "$WORK/main_run.sh" amp_fp16 float16 python "${TINY[@]}" TRAIN.EPOCHS 1 \
     TRAIN.WARMUP_EPOCHS 0 AMP_DTYPE float16
   keep amp_fp16
+fi
+
+# (5b) MODEL.SYNC_BN: a timm ResNet with SyncBatchNorm through torchrun, one process per GPU
+if [ "$DRY" = 1 ] || [ "$NPROC" -lt 2 ]; then
+  NOT_APPLICABLE+=(sync_bn)
+  echo "N/A sync_bn (SyncBatchNorm runs on CUDA only and needs 2 or more GPUs; here $NPROC process(es) on $GC_DEVICE)"
+elif needs_yacs sync_bn; then
+  RUN_MODEL=test_resnet check sync_bn 150 bash "$WORK/main_run.sh" sync_bn - torchrun "${TINY[@]}" MODEL.TYPE timm \
+    MODEL.NAME test_resnet MODEL.SYNC_BN True TRAIN.EPOCHS 1 TRAIN.WARMUP_EPOCHS 0
 fi
 
 # (6) uint8 batches through the device-side normalization and a short main.py run on JPEGs

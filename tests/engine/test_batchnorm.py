@@ -57,3 +57,25 @@ def test_a_batchnorm_model_evaluates_the_same_on_two_processes_and_on_one(tmp_pa
     assert one["num_images"] == two["num_images"] == 13
     assert one["top1_acc"] == two["top1_acc"] and one["top5_acc"] == two["top5_acc"]
     assert abs(one["loss"] - two["loss"]) <= 1e-5 * abs(one["loss"]), (one["loss"], two["loss"])
+
+
+def test_sync_batchnorm_converts_on_cuda_and_is_one_clear_error_on_cpu():
+    import importlib
+
+    import pytest
+
+    from configs import ConfigError, get_config
+    from engine.distributed import DistInfo
+
+    run_module = importlib.import_module("engine.run")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    on = get_config(opts=["MODEL.SYNC_BN", "True"])
+    cuda = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cuda", 0))
+    converted = run_module._with_sync_batchnorm(model, on, cuda)  # module surgery only: no CUDA work
+    assert isinstance(converted[1], torch.nn.SyncBatchNorm) and converted[1].weight is model[1].weight
+    cpu = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="MODEL.SYNC_BN needs CUDA devices .* set it False"):
+        run_module._with_sync_batchnorm(model, on, cpu)
+    one = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    assert run_module._with_sync_batchnorm(model, on, one) is model  # one process: nothing to synchronise
+    assert run_module._with_sync_batchnorm(model, get_config(), cpu) is model  # off by default
