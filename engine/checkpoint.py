@@ -1,4 +1,5 @@
-"""The checkpoint format: atomic saves, safe loads, auto-resume, pruning and the random-number state.
+"""The checkpoint format: atomic saves, safe loads, auto-resume and pruning (the random-number state it stores:
+engine/rng.py).
 
 A checkpoint is a dict of plain tensors, numbers, strings, lists and dicts (the config as YAML text), so it
 always loads with `torch.load(..., weights_only=True)`: nothing in a checkpoint is ever run as code.
@@ -17,13 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import random
 import re
 import uuid
 import zipfile
 from typing import Any, BinaryIO, Callable, Iterator
 
-import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -254,51 +253,3 @@ def remove_stale_temp_files(run_dir: str) -> list[str]:
         log.warning("Removed unfinished checkpoint writes of an earlier run: %s",
                     ", ".join(os.path.basename(p) for p in stale))
     return stale
-
-
-def capture_rng_state() -> dict:
-    """This process's random-number state (python, numpy, torch CPU, its current CUDA device) as plain data.
-
-    Everything is a list, number or tensor so the checkpoint still loads with weights_only=True.
-    """
-    version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state = {
-        "python": [version, list(mt), gauss],
-        "numpy": {
-            "bit_generator": str(name),
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        # only this rank's own device: with all GPUs visible to every rank, restoring every device's state would
-        # let the ranks overwrite each other's generators in whatever order they get there
-        state["cuda"] = [torch.cuda.get_rng_state(torch.cuda.current_device())]
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    """Restore what `capture_rng_state` returned, so the following random numbers repeat exactly."""
-    version, mt, gauss = state["python"]
-    random.setstate((int(version), tuple(int(x) for x in mt), gauss))
-    n = state["numpy"]
-    np.random.set_state(
-        (n["bit_generator"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"].to(torch.uint8))
-    saved_cuda = state.get("cuda")
-    if saved_cuda and torch.cuda.is_available():
-        device = torch.cuda.current_device()
-        # one state: this rank's device; several: an older checkpoint with every visible device, indexed by device
-        own = saved_cuda[0] if len(saved_cuda) == 1 else saved_cuda[device] if device < len(saved_cuda) else None
-        if own is None:
-            log.warning("Checkpoint holds CUDA RNG states for %d devices, none for device %d; it is not restored.",
-                        len(saved_cuda), device)
-        else:
-            torch.cuda.set_rng_state(own.to(torch.uint8), device=device)
-    elif saved_cuda:
-        log.warning("Checkpoint holds CUDA RNG states but CUDA is not available; they are not restored.")

@@ -22,10 +22,8 @@ import json
 import logging
 import math
 import os
-import random
 import time
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from yacs.config import CfgNode
@@ -43,7 +41,8 @@ from engine.ema import build_ema
 from engine.evaluate import EvalResult, evaluate
 from engine.logging_utils import FILE_ONLY, MetricsWriter, close_logging, setup_logging
 from engine.optim import build_optimizer, build_schedule, epochs_within_budget, steps_per_epoch
-from engine.state import Run, checkpoint_state, gather_rng_states, restore_state, restore_weights_for_eval
+from engine.rng import epoch_seed, gather_rng_states, seed_everything
+from engine.state import Run, checkpoint_state, restore_state, restore_weights_for_eval
 from engine.throughput import measure_throughput
 from engine.train import NonFiniteTrainingError, TrainContext, TrainState, build_criterion, train_one_epoch
 from models.build import UnknownModelError
@@ -72,18 +71,6 @@ def user_message(error: BaseException) -> str:
     last = text.rstrip().splitlines()[-1]  # "data.errors.CorruptImageError: Cannot decode image ..."
     head, _, message = last.partition(": ")
     return message if head.endswith(type(error).__name__) else last
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (every device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, rank: int, epoch: int) -> int:
-    """A well-mixed 32-bit seed for (SEED, rank, epoch): drop path and mixup draws of that epoch."""
-    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
 
 
 def run(cfg: CfgNode) -> int:

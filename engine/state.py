@@ -20,8 +20,9 @@ from torch import nn
 from yacs.config import CfgNode
 
 from configs import Derived, dump_config
-from engine.checkpoint import CheckpointError, capture_rng_state, restore_rng_state
-from engine.distributed import DistInfo, all_gather_object
+from engine.checkpoint import CheckpointError
+from engine.rng import restore_rng_state
+from engine.distributed import DistInfo
 from engine.ema import ema_state, load_ema_state
 from engine.train import TrainContext, TrainState
 from models.weights import WeightsError, load_weights
@@ -56,11 +57,6 @@ class Run:
     loaders: Any = None  # data.Loaders
     state: TrainState = field(default_factory=TrainState)
     progress: Progress = field(default_factory=Progress)
-
-
-def gather_rng_states() -> list[dict]:
-    """Every rank's RNG state, in rank order (a collective: call it on all ranks)."""
-    return all_gather_object(capture_rng_state())
 
 
 def checkpoint_state(run: Run, rng: list[dict]) -> dict:

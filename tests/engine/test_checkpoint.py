@@ -11,14 +11,13 @@ import torch
 from engine import checkpoint as ck
 from engine.checkpoint import (
     CheckpointError,
-    capture_rng_state,
     checkpoint_path,
     find_resume_checkpoint,
     load_checkpoint,
     prune_checkpoints,
-    restore_rng_state,
     save_checkpoint,
 )
+from engine.rng import capture_rng_state, restore_rng_state
 from tests.helpers.processes import write_malicious_checkpoint
 
 

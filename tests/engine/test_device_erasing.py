@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from data import build_loaders
-from engine.checkpoint import capture_rng_state, restore_rng_state
-from engine.run import epoch_seed, seed_everything
+from engine.rng import capture_rng_state, epoch_seed, restore_rng_state, seed_everything
 from tests.helpers.data import make_cfg, write_folder
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import engine.checkpoint as ck
+from engine.rng import capture_rng_state
 from configs import derive
 from engine.distributed import DistInfo, StopRequest, peer_failure_message
 from engine.optim import steps_per_epoch
@@ -97,7 +98,7 @@ def test_mid_epoch_checkpoint_round_trip_and_changed_layout(caplog):
     cfg = tiny_cfg("DATA.BATCH_SIZE", "8", "TRAIN.ACCUMULATION_STEPS", "2")
     run = _run_of(cfg, tiny_model(), 18)
     run.state = TrainState(epoch=3, global_step=40, epoch_batches=6, epoch_loss=(13.5, 6.0))
-    ckpt = checkpoint_state(run, [ck.capture_rng_state()])
+    ckpt = checkpoint_state(run, [capture_rng_state()])
     assert ckpt["epoch"] == 2 and ckpt["epoch_progress"] == {
         "epoch": 3, "micro_batches": 6, "batch_size": 8, "accumulation_steps": 2, "world_size": 1,
         "loss_sum": 13.5, "loss_count": 6.0}
