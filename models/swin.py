@@ -49,51 +49,31 @@ class PatchMerging(nn.Module):
         self.reduction = Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        if H % 2 or W % 2:
-            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
-            H, W = H + H % 2, W + W % 2
-        # channel order [x(0::2, 0::2), x(1::2, 0::2), x(0::2, 1::2), x(1::2, 1::2)] as officially, in one copy
-        x = x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5)  # B, H/2, W/2, dx, dy, C
-        x = x.reshape(B, H // 2, W // 2, 4 * C)  # B, H/2, W/2, 4C
-        return self.reduction(self.norm(x))
+        return self.reduction(self.norm(merge_2x2(x)))
 
 
-class SwinTransformerBlock(nn.Module):
-    """LN -> (shifted) window attention -> residual -> LN -> MLP -> residual, on (B, H, W, C) maps."""
+def merge_2x2(x: torch.Tensor) -> torch.Tensor:
+    """Each 2x2 neighbourhood's channels side by side: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 4C), an odd side
+    padded with zeros (as torchvision does)."""
+    B, H, W, C = x.shape
+    if H % 2 or W % 2:
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        H, W = H + H % 2, W + W % 2
+    # channel order [x(0::2, 0::2), x(1::2, 0::2), x(0::2, 1::2), x(1::2, 1::2)] as officially, in one copy
+    x = x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5)  # B, H/2, W/2, dx, dy, C
+    return x.reshape(B, H // 2, W // 2, 4 * C)  # B, H/2, W/2, 4C
 
-    def __init__(
-        self,
-        dim: int,
-        input_resolution: Tuple[int, int],
-        num_heads: int,
-        window_size: int,
-        shifted: bool,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        qk_scale: Optional[float],
-        drop: float,
-        attn_drop: float,
-        drop_path: float,
-        *,
-        rel_pos_bias: bool,
-        attn_impl: str,
-        appearance: bool = True,
-    ) -> None:
+
+class ShiftedWindows(nn.Module):
+    """What every Swin block shares: its window (never larger than the map it was built for, and then nothing to
+    shift, as officially), the shift of odd blocks, and attention over (shifted) windows of a (B, H, W, C) map
+    padded to whole windows, with the shift masks cached per size. Subclasses set `self.attn`."""
+
+    def __init__(self, input_resolution: Tuple[int, int], window_size: int, shifted: bool) -> None:
         super().__init__()
-        # official rule: a window never exceeds the map it was built for (and then there is nothing to shift,
-        # which _attention decides from the runtime size, so other input sizes behave as torchvision's)
         window_size = min(window_size, *input_resolution)
         self.window = (window_size, window_size)
         self.shift_size = window_size // 2 if shifted else 0
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(
-            dim, num_heads, self.window, qkv_bias, qk_scale, attn_drop, drop,
-            rel_pos_bias=rel_pos_bias, appearance=appearance, attn_impl=attn_impl,
-        )
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self._masks: Dict[tuple, torch.Tensor] = {}
 
     def shift_mask(self, size: Tuple[int, int], shift: Tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -120,6 +100,38 @@ class SwinTransformerBlock(nn.Module):
         x = self.attn(x, mask)
         x = window_reverse(x, self.window, Hp, Wp, shift)  # B, Hp, Wp, C  (rolled back)
         return x[:, :H, :W] if pad_h or pad_w else x
+
+
+class SwinTransformerBlock(ShiftedWindows):
+    """LN -> (shifted) window attention -> residual -> LN -> MLP -> residual, on (B, H, W, C) maps."""
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: Tuple[int, int],
+        num_heads: int,
+        window_size: int,
+        shifted: bool,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        qk_scale: Optional[float],
+        drop: float,
+        attn_drop: float,
+        drop_path: float,
+        *,
+        rel_pos_bias: bool,
+        attn_impl: str,
+        appearance: bool = True,
+    ) -> None:
+        super().__init__(input_resolution, window_size, shifted)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(
+            dim, num_heads, self.window, qkv_bias, qk_scale, attn_drop, drop,
+            rel_pos_bias=rel_pos_bias, appearance=appearance, attn_impl=attn_impl,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self._attention(self.norm1(x)))
@@ -150,7 +162,46 @@ class BasicLayer(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
-class SwinTransformer(nn.Module):
+class SwinClassifier(nn.Module):
+    """The classifier around a Swin backbone, shared by v1 and v2 (models/swinv2.py): patch embedding, optional
+    absolute position embedding, the stages, the final norm, global average pooling and the head. Subclasses build
+    patch_embed, absolute_pos_embed (or None), pos_drop, layers, norm and head, and set img_size, patch_size,
+    num_classes and num_features."""
+
+    def no_weight_decay(self) -> Set[str]:
+        """Parameter names the optimizer must not decay (official API)."""
+        return {"absolute_pos_embed"}
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head by a freshly initialised one with num_classes outputs (0: no head)."""
+        self.num_classes = num_classes
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.apply(init_weights)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normalised final token map (B, H/32, W/32, num_features)."""
+        x = self.patch_embed(x)  # B, H/4, W/4, D
+        if self.absolute_pos_embed is not None:
+            x = x + self._pos_embed(x.shape[1], x.shape[2])
+        x = self.pos_drop(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+    def _pos_embed(self, h: int, w: int) -> torch.Tensor:
+        grid = self.img_size // self.patch_size
+        pos = self.absolute_pos_embed.view(1, grid, grid, -1)  # 1, grid, grid, D
+        if (h, w) != (grid, grid):  # another input size: resample the table (bicubic, as for fine-tuning)
+            pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(h, w), mode="bicubic", align_corners=False)
+            pos = pos.permute(0, 2, 3, 1)  # 1, h, w, D
+        return pos
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x).mean(dim=(1, 2))  # B, num_features
+        return self.head(x)
+
+
+class SwinTransformer(SwinClassifier):
     """Swin Transformer classifier; (B, in_chans, H, W) images -> (B, num_classes) logits."""
 
     def __init__(
@@ -211,10 +262,6 @@ class SwinTransformer(nn.Module):
             if isinstance(module, WindowAttention) and module.relative_position_bias_table is not None:
                 trunc_normal_(module.relative_position_bias_table, std=0.02)
 
-    def no_weight_decay(self) -> Set[str]:
-        """Parameter names the optimizer must not decay (official API)."""
-        return {"absolute_pos_embed"}
-
     def no_weight_decay_keywords(self) -> Set[str]:
         """Name fragments of parameters the optimizer must not decay (official API)."""
         return {"relative_position_bias_table"}
@@ -226,34 +273,6 @@ class SwinTransformer(nn.Module):
                 if attn_impl not in ("eager", "sdpa"):
                     raise ValueError(f"attn_impl must be 'eager' or 'sdpa', got {attn_impl!r}")
                 module.attn_impl = attn_impl
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head by a freshly initialised one with num_classes outputs (0: no head)."""
-        self.num_classes = num_classes
-        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(init_weights)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> normalised final token map (B, H/32, W/32, num_features)."""
-        x = self.patch_embed(x)  # B, H/4, W/4, D
-        if self.absolute_pos_embed is not None:
-            x = x + self._pos_embed(x.shape[1], x.shape[2])
-        x = self.pos_drop(x)
-        for layer in self.layers:
-            x = layer(x)
-        return self.norm(x)
-
-    def _pos_embed(self, h: int, w: int) -> torch.Tensor:
-        grid = self.img_size // self.patch_size
-        pos = self.absolute_pos_embed.view(1, grid, grid, -1)  # 1, grid, grid, D
-        if (h, w) != (grid, grid):  # another input size: resample the table (bicubic, as for fine-tuning)
-            pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(h, w), mode="bicubic", align_corners=False)
-            pos = pos.permute(0, 2, 3, 1)  # 1, h, w, D
-        return pos
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x).mean(dim=(1, 2))  # B, num_features
-        return self.head(x)
 
 
 def init_weights(module: nn.Module) -> None:
