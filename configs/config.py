@@ -142,7 +142,7 @@ def _validate(cfg: CN) -> None:
         "DATA.DATASET": ("imagenet", "imagenet22K", "fashion_mnist", "synthetic"),
         "DATA.CACHE_MODE": ("no", "part", "full"),
         "DATA.ON_CORRUPT": ("error", "skip"),
-        "MODEL.TYPE": ("swin", "pvt", "timm"),
+        "MODEL.TYPE": ("swin", "swinv2", "pvt", "timm"),
         "MODEL.SWIN.ATTN_IMPL": ("auto", "eager", "sdpa"),
         "TRAIN.LR_SCHEDULER.NAME": ("cosine", "step", "multistep"),
         "TRAIN.OPTIMIZER.NAME": ("adamw", "sgd"),
@@ -188,15 +188,19 @@ def _validate(cfg: CN) -> None:
             f"rates must not depend on the run's length: set TRAIN.WARMUP_EPOCHS >= 1 (it is "
             f"{cfg.TRAIN.WARMUP_EPOCHS}), or TRAIN.TIME_BUDGET 0."
         )
-    if len(cfg.MODEL.SWIN.DEPTHS) != len(cfg.MODEL.SWIN.NUM_HEADS):
-        raise ConfigError(
-            f"MODEL.SWIN.DEPTHS {cfg.MODEL.SWIN.DEPTHS} and MODEL.SWIN.NUM_HEADS {cfg.MODEL.SWIN.NUM_HEADS} "
-            "must have one entry per stage."
-        )
+    for node in ("SWIN", "SWINV2"):
+        arch = cfg.MODEL[node]
+        if len(arch.DEPTHS) != len(arch.NUM_HEADS):
+            raise ConfigError(f"MODEL.{node}.DEPTHS {arch.DEPTHS} and MODEL.{node}.NUM_HEADS {arch.NUM_HEADS} must "
+                              "have one entry per stage.")
+    v2 = cfg.MODEL.SWINV2
+    if cfg.MODEL.TYPE == "swinv2" and len(v2.PRETRAINED_WINDOW_SIZES) != len(v2.DEPTHS):
+        raise ConfigError(f"MODEL.SWINV2.PRETRAINED_WINDOW_SIZES {v2.PRETRAINED_WINDOW_SIZES} needs one entry per "
+                          f"stage ({len(v2.DEPTHS)}); 0 where the weights come from no other window size.")
 
 
 # The keys that make a model what it is (MODEL.SWIN.ATTN_IMPL only picks a kernel).
-MODEL_KEYS = ("MODEL.TYPE", "MODEL.NAME", "MODEL.SWIN", "DATA.IMG_SIZE")
+MODEL_KEYS = ("MODEL.TYPE", "MODEL.NAME", "MODEL.SWIN", "MODEL.SWINV2", "DATA.IMG_SIZE")
 
 
 def with_model_of(cfg: CN, saved_yaml: str, source: str) -> tuple[CN, list[str]]:

@@ -68,6 +68,20 @@ _C.MODEL.SWIN.APPEARANCE = True  # (new) query-key term in the attention logits;
                                  # paper's ablation "rel. pos. w/o app."
 _C.MODEL.SWIN.ATTN_IMPL = "auto"  # (new) attention kernel: auto (per device) | eager | sdpa
 
+# Swin Transformer V2 (MODEL.TYPE swinv2), the official release's keys and defaults
+_C.MODEL.SWINV2 = CN()
+_C.MODEL.SWINV2.PATCH_SIZE = 4  # patch embedding stride and kernel
+_C.MODEL.SWINV2.IN_CHANS = 3  # input channels
+_C.MODEL.SWINV2.EMBED_DIM = 96  # channels of the first stage
+_C.MODEL.SWINV2.DEPTHS = [2, 2, 6, 2]  # blocks per stage
+_C.MODEL.SWINV2.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage
+_C.MODEL.SWINV2.WINDOW_SIZE = 7  # attention window M (M x M tokens)
+_C.MODEL.SWINV2.MLP_RATIO = 4.0  # MLP hidden width / embed width
+_C.MODEL.SWINV2.QKV_BIAS = True  # q and v biases
+_C.MODEL.SWINV2.APE = False  # absolute position embedding
+_C.MODEL.SWINV2.PATCH_NORM = True  # LayerNorm after patch embedding
+_C.MODEL.SWINV2.PRETRAINED_WINDOW_SIZES = [0, 0, 0, 0]  # per stage, the window of the weights fine-tuned from (0: none)
+
 # ----------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from torch import nn
 
 from .pvt import PVT_ZOO, create_pvt
 from .swin import SwinTransformer
+from .swinv2 import SwinTransformerV2
 from .zoo import ZOO, claimed_variant
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,18 @@ def swin_kwargs(cfg: Any, device: Optional[torch.device] = None) -> Dict[str, An
         use_checkpoint=cfg.TRAIN.USE_CHECKPOINT, shift=s.get("SHIFT", True), rel_pos_bias=s.get("REL_POS_BIAS", True),
         appearance=s.get("APPEARANCE", True),
         attn_impl=resolve_attn_impl(s.get("ATTN_IMPL", "auto"), device),
+    )
+
+
+def swinv2_kwargs(cfg: Any) -> Dict[str, Any]:
+    """SwinTransformerV2 keyword arguments from cfg.MODEL.SWINV2.*, MODEL.*, DATA.IMG_SIZE and TRAIN.USE_CHECKPOINT."""
+    s = cfg.MODEL.SWINV2
+    return dict(
+        img_size=cfg.DATA.IMG_SIZE, patch_size=s.PATCH_SIZE, in_chans=s.IN_CHANS, num_classes=cfg.MODEL.NUM_CLASSES,
+        embed_dim=s.EMBED_DIM, depths=tuple(s.DEPTHS), num_heads=tuple(s.NUM_HEADS), window_size=s.WINDOW_SIZE,
+        mlp_ratio=s.MLP_RATIO, qkv_bias=s.QKV_BIAS, drop_rate=cfg.MODEL.DROP_RATE, drop_path_rate=cfg.MODEL.DROP_PATH_RATE,
+        ape=s.APE, patch_norm=s.PATCH_NORM, use_checkpoint=cfg.TRAIN.USE_CHECKPOINT,
+        pretrained_window_sizes=tuple(s.PRETRAINED_WINDOW_SIZES),
     )
 
 
@@ -140,14 +153,16 @@ def _pvt_model(cfg: Any) -> nn.Module:
 
 
 def build_model(cfg: Any, device: Optional[torch.device] = None) -> nn.Module:
-    """The model cfg.MODEL.TYPE names: "swin" (architecture from MODEL.SWIN.*, never from MODEL.NAME), "pvt" (PVT v1
-    by size name) or "timm" (a timm model by name, for the paper's baselines). `device` only chooses Swin's attention
+    """The model cfg.MODEL.TYPE names: "swin" / "swinv2" (architecture from MODEL.SWIN.* / MODEL.SWINV2.*, never
+    from MODEL.NAME), "pvt" (PVT v1 by size name) or "timm" (a timm model by name, for the paper's baselines). `device` only chooses Swin's attention
     kernel."""
     kind = cfg.MODEL.TYPE
     if kind == "swin":
         return SwinTransformer(**swin_kwargs(cfg, device))
+    if kind == "swinv2":
+        return SwinTransformerV2(**swinv2_kwargs(cfg))
     if kind == "pvt":
         return _pvt_model(cfg)
     if kind == "timm":
         return _timm_model(cfg)
-    raise ValueError(f"MODEL.TYPE must be 'swin', 'pvt' or 'timm', got {kind!r}")
+    raise ValueError(f"MODEL.TYPE must be 'swin', 'swinv2', 'pvt' or 'timm', got {kind!r}")

@@ -19,6 +19,7 @@ from torch import nn
 
 from .imagenet22k import IN22K_NUM_CLASSES, in22k_to_in1k_indices
 from .swin import SwinTransformer
+from .swinv2 import SwinTransformerV2, swinv2_from_timm
 
 log = logging.getLogger(__name__)
 
@@ -148,17 +149,33 @@ def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
     return grid.permute(0, 2, 3, 1).reshape(1, dst * dst, -1).to(pos.dtype)  # 1, L', C
 
 
+def _layout_for(model: nn.Module, sd: Mapping[str, torch.Tensor], name: str) -> str:
+    """The layout to convert from: for Swin v1 the official, timm or torchvision one; for SwinV2 the official or
+    timm one; other models load their own layout unchanged."""
+    if isinstance(model, SwinTransformer):
+        return _detect_layout(sd)
+    if isinstance(model, SwinTransformerV2):
+        layout = _detect_layout(sd)
+        if layout == "torchvision":
+            raise WeightsError(f"{name} is torchvision's SwinV2 layout, which is not converted; use the official "
+                               "release's or timm's SwinV2 files.")
+        return layout
+    return "own"
+
+
 def load_weights(
     model: nn.Module, source: Union[str, os.PathLike, Mapping[str, Any]], mode: str = "exact"
 ) -> LoadReport:
-    """Load weights (a path or a state dict) into model and report what happened: a Swin model takes the official,
-    timm or torchvision layout; any other model its own layout."""
+    """Load weights (a path or a state dict) into model and report what happened: Swin v1 takes the official, timm
+    or torchvision layout, SwinV2 the official or timm one (any window size: its position bias has no table to
+    resize), any other model its own layout."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "state dict"
     raw = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
-    layout = _detect_layout(_unwrap(raw)) if isinstance(model, SwinTransformer) else "own"
-    sd = _CONVERTERS[layout](_unwrap(raw))
+    layout = _layout_for(model, _unwrap(raw), name)
+    convert = swinv2_from_timm if layout == "timm" and isinstance(model, SwinTransformerV2) else _CONVERTERS[layout]
+    sd = convert(_unwrap(raw))
     report = LoadReport(name, layout, mode)
     report.skipped = sorted(k for k in sd if k.rsplit(".", 1)[-1] in _BUFFERS)
     sd = {k: v for k, v in sd.items() if k not in report.skipped}

@@ -1,6 +1,6 @@
 """Print parameters and GFLOPs of every registered Swin variant and of every row of the paper's tables.
 
-Three Markdown tables: the Swin zoo (models.ZOO), the comparison table (18 rows: Swin and its baselines) and the
+Three Markdown tables: the Swin zoo (models.ZOO and the SwinV2 models of models/swinv2.py), the comparison table (18 rows: Swin and its baselines) and the
 ablation table (Table 4, Swin-T variants). For the paper's rows each model is built from the config that
 reproduces the row (configs/published.csv names it) and its measured numbers stand beside the printed ones, with
 "ok" where they agree within the tolerance of configs/published.py and the row's note where they do not.
@@ -23,18 +23,21 @@ from configs import get_config  # noqa: E402
 from configs.published import Row, published_rows  # noqa: E402
 from models import ZOO, build_model, create_model  # noqa: E402
 from models.flops import count_flops, count_params  # noqa: E402
+from models.swinv2 import SWINV2_ZOO, create_swinv2  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def model_rows() -> List[Dict[str, object]]:
-    """One row per registered Swin variant with its exact parameter count and GFLOPs (multiply-adds / 1e9)."""
+    """One row per registered Swin variant (v1, then the official SwinV2 models) with its exact parameter count and
+    GFLOPs (multiply-adds / 1e9)."""
     rows = []
-    for name, variant in ZOO.items():
-        with torch.device("meta"):
-            model = create_model(name)
-        rows.append({"name": name, "img_size": variant.img_size, "params": count_params(model),
-                     "gflops": round(count_flops(model, variant.img_size) / 1e9, 1)})
+    for table, create in ((ZOO, create_model), (SWINV2_ZOO, create_swinv2)):
+        for name, variant in table.items():
+            with torch.device("meta"):
+                model = create(name)
+            rows.append({"name": name, "img_size": variant.img_size, "params": count_params(model),
+                         "gflops": round(count_flops(model, variant.img_size) / 1e9, 1)})
     return rows
 
 

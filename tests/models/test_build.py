@@ -48,7 +48,7 @@ def test_timm_type_builds_a_baseline():
 def test_unknown_type_is_one_clear_error():
     cfg = get_defaults()  # get_config itself already rejects the value; build_model must too
     cfg.MODEL.TYPE = "vit"
-    with pytest.raises(ValueError, match="MODEL.TYPE must be 'swin', 'pvt' or 'timm', got 'vit'"):
+    with pytest.raises(ValueError, match="MODEL.TYPE must be 'swin', 'swinv2', 'pvt' or 'timm', got 'vit'"):
         build_model(cfg)
 
 
