@@ -30,6 +30,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--throughput", action="store_true", help="measure inference throughput only (THROUGHPUT_MODE)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (DEVICE)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--optim", help="optimizer (TRAIN.OPTIMIZER.NAME): adamw or sgd; the official fused_adam is adamw "
+                   "(fused kernels are used wherever torch has them)")
+    # Official flags of CUDA/apex kernels this project does not use: accepted, logged as having no effect.
+    p.add_argument("--fused_window_process", "--fused-window-process", action="store_true",
+                   help="official fused window-shift CUDA kernel: no effect here (FUSED_WINDOW_PROCESS)")
+    p.add_argument("--fused_layernorm", "--fused-layernorm", action="store_true",
+                   help="official apex fused LayerNorm: no effect here (FUSED_LAYERNORM)")
+    p.add_argument("--amp-opt-level", "--amp_opt_level", choices=["O0", "O1", "O2"],
+                   help="official apex level (deprecated there too): O0 trains in float32 like --disable_amp; O1 and "
+                        "O2 mean mixed precision, which torch autocast gives (AMP_ENABLE, AMP_DTYPE)")
     # Accepted for compatibility with torch.distributed.launch; the rank comes from the environment.
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -53,7 +63,10 @@ SWITCH_KEYS = {  # store_true flag -> (key, value when given)
     "disable_amp": ("AMP_ENABLE", False),
     "eval": ("EVAL_MODE", True),
     "throughput": ("THROUGHPUT_MODE", True),
+    "fused_window_process": ("FUSED_WINDOW_PROCESS", True),
+    "fused_layernorm": ("FUSED_LAYERNORM", True),
 }
+OPTIMIZER_ALIASES = {"fused_adam": "adamw", "fused_adamw": "adamw"}  # official names of the same update rule
 
 
 def flag_opts(args: argparse.Namespace) -> list[str]:
@@ -66,6 +79,10 @@ def flag_opts(args: argparse.Namespace) -> list[str]:
     for flag, (key, value) in SWITCH_KEYS.items():
         if getattr(args, flag):
             opts += [key, str(value)]
+    if args.optim is not None:
+        opts += ["TRAIN.OPTIMIZER.NAME", OPTIMIZER_ALIASES.get(args.optim.lower(), args.optim.lower())]
+    if args.amp_opt_level == "O0":
+        opts += ["AMP_ENABLE", "False"]
     return opts
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import glob
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
@@ -120,10 +121,38 @@ def _opts_to_dict(opts: Sequence[str]) -> dict:
     return nested
 
 
+CONFIGS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def resolve_config_path(path: str) -> str:
+    """`path`, or for an official release's path that is not a file here (configs/swin/<name>.yaml,
+    configs/swinv2/<name>.yaml) the shipped config whose MODEL.NAME is <name>: the official file names are model
+    names, and each recipe exists once, under configs/ (configs/README.md)."""
+    if os.path.isfile(path):
+        return path
+    folder, name = os.path.basename(os.path.dirname(os.path.abspath(path))), os.path.basename(path)
+    if folder not in ("swin", "swinv2") or not name.endswith(".yaml"):
+        return path  # _read_yaml reports it
+    by_name = {}
+    for shipped in sorted(glob.glob(os.path.join(CONFIGS_DIR, "**", "*.yaml"), recursive=True)):
+        with open(shipped, encoding="utf-8") as f:
+            model = (yaml.safe_load(f) or {}).get("MODEL") or {}
+        if isinstance(model, dict) and model.get("NAME"):
+            by_name.setdefault(model["NAME"], shipped)
+    found = by_name.get(name[: -len(".yaml")])
+    if found is None:
+        close = difflib.get_close_matches(name[: -len(".yaml")], list(by_name), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"Config file not found: {path}, and no shipped config has that model name.{hint}")
+    return found
+
+
 def get_config(cfg_file: str | None = None, opts: Iterable[str] | None = None) -> CN:
-    """Defaults <- cfg_file (with its BASE files) <- opts; validated and frozen."""
+    """Defaults <- cfg_file (with its BASE files) <- opts; validated and frozen. An official release's config path
+    resolves to the shipped config of that model (resolve_config_path)."""
     cfg = get_defaults()
     if cfg_file:
+        cfg_file = resolve_config_path(cfg_file)
         for path, data in _read_yaml(cfg_file, ()):
             _merge(cfg, data, path)
     opts = list(opts or [])

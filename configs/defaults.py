@@ -172,8 +172,8 @@ _C.SEED = 0  # random seed (each rank adds its rank)
 _C.EVAL_MODE = False  # evaluate only
 _C.THROUGHPUT_MODE = False  # measure inference throughput only
 _C.LOCAL_RANK = 0  # official key; the rank comes from torchrun's environment here
-_C.FUSED_WINDOW_PROCESS = False  # official CUDA-kernel key, unused here (kept so official YAML files load)
-_C.FUSED_LAYERNORM = False  # official apex key, unused here (kept so official YAML files load)
+_C.FUSED_WINDOW_PROCESS = False  # official CUDA-kernel key: accepted, True is logged as having no effect here
+_C.FUSED_LAYERNORM = False  # official apex key: accepted, True is logged as having no effect here
 _C.DEVICE = "auto"  # (new) auto | cpu | cuda | cuda:N
 _C.DIST_TIMEOUT = 30  # (new) minutes a collective waits for a missing rank before failing
 

@@ -121,6 +121,8 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
     if adopted and info.is_main:
         log.warning("Checkpoint %s holds another model than this config's; evaluating it with the model config saved "
                     "in it: %s.", cfg.MODEL.RESUME, ", ".join(adopted))
+    if info.is_main:
+        _log_official_no_ops(cfg)
     if own_input and info.is_main:
         log.info("input of %s as its pretrained config gives: %s", cfg.MODEL.NAME,
                  ", ".join(f"{k} {v}" for k, v in own_input.items()))
@@ -159,6 +161,19 @@ def _with_own_input_config(cfg: CfgNode) -> tuple[CfgNode, dict]:
         cfg[section][name] = value
     cfg.freeze()
     return cfg, own
+
+
+# Official keys (and flags) of CUDA/apex kernels this project does not use: accepted, and said once to do nothing.
+NO_EFFECT_KEYS = {"FUSED_WINDOW_PROCESS": "the official fused window-shift CUDA kernel (--fused_window_process)",
+                  "FUSED_LAYERNORM": "apex's fused LayerNorm (--fused_layernorm)"}
+
+
+def _log_official_no_ops(cfg: CfgNode) -> None:
+    for key, what in NO_EFFECT_KEYS.items():
+        if cfg[key]:
+            log.warning("%s True asks for %s, which this project does not use: it has no effect here (the window "
+                        "shift and LayerNorm run as torch ops, the attention kernel follows MODEL.SWIN.ATTN_IMPL).",
+                        key, what)
 
 
 def _with_sync_batchnorm(model: torch.nn.Module, cfg: CfgNode, info: DistInfo) -> torch.nn.Module:
