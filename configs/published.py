@@ -28,7 +28,7 @@ class Row:
     img_size: int
     params_m: Optional[float]
     gflops: Optional[float]
-    top1_err: float
+    top1_err: Optional[float]  # None where this table does not record it (the SwinV2 rows: params and GFLOPs only)
     note: str  # why measured and printed numbers differ beyond the tolerance, where they do
     params_digits: int = 1  # decimals the table prints
     gflops_digits: int = 1
@@ -71,7 +71,7 @@ def _load() -> tuple:
             raise ValueError(f"{CSV_PATH}: data row {i} has table {r['table']!r} / pretrain {r['pretrain']!r}; "
                              f"tables are {TABLES}, pre-training 1K or 22K")
         rows.append(Row(r["table"], r["row"], r["config"], r["model"], r["pretrain"], int(r["img_size"]),
-                        _float(r["params_m"]), _float(r["gflops"]), float(r["top1_err"]), r["note"],
+                        _float(r["params_m"]), _float(r["gflops"]), _float(r["top1_err"]), r["note"],
                         _digits(r["params_m"]), _digits(r["gflops"])))
     return tuple(rows)
 

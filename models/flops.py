@@ -21,7 +21,9 @@ def count_flops(model: nn.Module, img_size: Union[int, Tuple[int, int]], in_chan
 
     Counts every matmul and convolution, including the attention products (run with the eager kernel so
     they are visible whatever kernel the model normally uses); norms, softmax and activations are not
-    counted, as in the paper's GFLOPs. Works on a model on the meta device (no compute at all).
+    counted, as in the paper's GFLOPs. SwinV2's position-bias MLP (cpb_mlp) is not counted either: it reads no
+    input (one table per window size, the same for every image), and the official table leaves it out.
+    Works on a model on the meta device (no compute at all).
     """
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     param = next(model.parameters())
@@ -33,4 +35,5 @@ def count_flops(model: nn.Module, img_size: Union[int, Tuple[int, int]], in_chan
             model(torch.zeros(1, in_chans, h, w, device=param.device, dtype=param.dtype))
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2  # FlopCounterMode counts 2 per multiply-add
+    input_free = sum(sum(ops.values()) for name, ops in counter.get_flop_counts().items() if name.endswith("cpb_mlp"))
+    return (counter.get_total_flops() - input_free) // 2  # FlopCounterMode counts 2 per multiply-add

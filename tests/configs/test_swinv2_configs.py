@@ -11,7 +11,8 @@ import torch
 
 from configs import get_config
 from main import main
-from models import build_model, count_params
+from configs.published import published_rows
+from models import build_model, count_flops, count_params
 from models.swinv2 import SWINV2_ZOO, SwinTransformerV2, create_swinv2
 from models.weights import load_weights
 from tests.helpers.processes import records
@@ -80,3 +81,15 @@ def test_timm_weights_fine_tune_into_another_window_size():
     with torch.no_grad():
         x = torch.randn(2, 3, 64, 64)
         torch.testing.assert_close(same(x), src(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("row", [r for r in published_rows("release") if r.model.startswith("swinv2")],
+                         ids=lambda r: r.model)
+def test_parameters_and_flops_equal_the_official_table(row):
+    """The official table's GFLOPs to its printed digit (the position-bias MLP, which reads no input, uncounted as
+    there) and its parameters in whole millions."""
+    cfg = get_config(row.config_path)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert round(count_flops(model, cfg.DATA.IMG_SIZE) / 1e9, 1) == row.gflops
+    assert round(count_params(model) / 1e6) == row.params_m

@@ -77,8 +77,8 @@ def test_pretrain_detection_and_override(tmp_path):
 
 
 def test_every_release_model_has_a_published_row():
-    release = published_rows("release")
-    assert len(release) == 10
+    release = [r for r in published_rows("release") if not r.model.startswith("swinv2")]
+    assert len(release) == 10 and len(published_rows("release")) == 20
     for row in release:
         assert row.model.endswith(str(row.img_size)) and row.pretrain in ("1K", "22K")
     large = [r for r in release if r.model == "swin_large_patch4_window12_384"]
