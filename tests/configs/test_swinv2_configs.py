@@ -2,6 +2,7 @@
 weights load across window sizes."""
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -22,6 +23,13 @@ CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "swinv2", "*
                  if not os.path.basename(p).startswith("_"))
 
 
+@functools.lru_cache(maxsize=None)
+def _meta_model(path: str) -> torch.nn.Module:
+    """The model a config builds, on the meta device (shapes only), built once per config."""
+    with torch.device("meta"):
+        return build_model(get_config(path))
+
+
 def test_every_official_swinv2_model_has_its_config():
     assert sorted(os.path.basename(p)[:-5] for p in CONFIGS) == sorted(SWINV2_ZOO)
 
@@ -33,8 +41,7 @@ def test_each_config_builds_the_official_model(path):
     assert (cfg.MODEL.TYPE, cfg.DATA.IMG_SIZE, cfg.MODEL.NUM_CLASSES) == ("swinv2", variant.img_size,
                                                                            variant.num_classes)
     assert tuple(cfg.MODEL.SWINV2.PRETRAINED_WINDOW_SIZES) in ((0, 0, 0, 0), variant.pretrained_window_sizes)
-    with torch.device("meta"):
-        model = build_model(cfg)
+    model = _meta_model(path)
     assert isinstance(model, SwinTransformerV2) and count_params(model) == variant.params
     assert [layer.blocks[0].attn.pretrained_window for layer in model.layers] == [
         (w, w) for w in variant.pretrained_window_sizes]
@@ -88,8 +95,6 @@ def test_timm_weights_fine_tune_into_another_window_size():
 def test_parameters_and_flops_equal_the_official_table(row):
     """The official table's GFLOPs to its printed digit (the position-bias MLP, which reads no input, uncounted as
     there) and its parameters in whole millions."""
-    cfg = get_config(row.config_path)
-    with torch.device("meta"):
-        model = build_model(cfg)
-    assert round(count_flops(model, cfg.DATA.IMG_SIZE) / 1e9, 1) == row.gflops
+    model = _meta_model(row.config_path)
+    assert round(count_flops(model, row.img_size) / 1e9, 1) == row.gflops
     assert round(count_params(model) / 1e6) == row.params_m
