@@ -81,8 +81,8 @@ def flag_opts(args: argparse.Namespace) -> list[str]:
             opts += [key, str(value)]
     if args.optim is not None:
         opts += ["TRAIN.OPTIMIZER.NAME", OPTIMIZER_ALIASES.get(args.optim.lower(), args.optim.lower())]
-    if args.amp_opt_level == "O0":
-        opts += ["AMP_ENABLE", "False"]
+    if args.amp_opt_level is not None:
+        opts += ["AMP_ENABLE", str(args.amp_opt_level != "O0")]
     return opts
 
 

@@ -39,7 +39,7 @@ _C.DATA.SYNTHETIC_VAL_SIZE = 50  # (new) images in the synthetic validation spli
 # Model
 # ----------------------------------------------------------------------------------------------------------
 _C.MODEL = CN()
-_C.MODEL.TYPE = "swin"  # swin | pvt (PVT v1, MODEL.NAME pvt_tiny ... pvt_large) | timm (MODEL.NAME: a timm model)
+_C.MODEL.TYPE = "swin"  # swin | swinv2 | pvt (PVT v1: MODEL.NAME pvt_tiny ... pvt_large) | timm (MODEL.NAME: timm model)
 _C.MODEL.NAME = "swin_tiny_patch4_window7_224"  # model name; also names the run directory
 _C.MODEL.PRETRAINED = ""  # weights to fine-tune from (official, timm or torchvision layout)
 _C.MODEL.RESUME = ""  # checkpoint to resume training (or evaluate) from

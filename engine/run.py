@@ -177,15 +177,19 @@ def _log_official_no_ops(cfg: CfgNode) -> None:
 
 
 def _with_sync_batchnorm(model: torch.nn.Module, cfg: CfgNode, info: DistInfo) -> torch.nn.Module:
-    """MODEL.SYNC_BN: BatchNorm layers normalize with the statistics of the whole batch over every rank. torch's
-    SyncBatchNorm runs on CUDA only; off (and in one process) nothing changes."""
-    if not cfg.MODEL.SYNC_BN or info.world_size == 1:
+    """MODEL.SYNC_BN: BatchNorm layers normalize training batches with the statistics of the whole batch over
+    every rank. torch's SyncBatchNorm runs on CUDA only; off, in one process or without training nothing changes.
+    timm's converter keeps the activation of timm's norm-and-activation layers (BatchNormAct2d), which torch's
+    converter would drop."""
+    if not cfg.MODEL.SYNC_BN or info.world_size == 1 or cfg.EVAL_MODE or cfg.THROUGHPUT_MODE:
         return model
     if info.device.type != "cuda":
         raise ConfigError(f"MODEL.SYNC_BN needs CUDA devices (torch's SyncBatchNorm does not run on "
                           f"{info.device.type}); set it False: each rank then keeps its own statistics, averaged over "
                           "the ranks before every evaluation and save.")
-    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
 
 
 def _model_of_checkpoint_to_evaluate(cfg: CfgNode) -> tuple[CfgNode, list[str]]:

@@ -137,8 +137,8 @@ class PyramidVisionTransformer(nn.Module):
         self.apply(init_weights)
 
     def no_weight_decay(self) -> set:
-        """Parameter names the optimizer must not decay (official API)."""
-        return {f"pos_embed{i + 1}" for i in range(self.num_stages)} | {"cls_token"}
+        """Parameter names the optimizer must not decay (official API; as officially, the class token only)."""
+        return {"cls_token"}
 
     @staticmethod
     def _pos_embed(table: torch.Tensor, grid: Tuple[int, int], size: Tuple[int, int]) -> torch.Tensor:

@@ -50,7 +50,7 @@ def test_official_flags_are_accepted(capsys):
     cfg = _printed(capsys, "--optim", "sgd", "--fused_window_process", "--fused_layernorm", "--amp-opt-level", "O0")
     assert (cfg.TRAIN.OPTIMIZER.NAME, cfg.FUSED_WINDOW_PROCESS, cfg.FUSED_LAYERNORM, cfg.AMP_ENABLE) == (
         "sgd", True, True, False)
-    cfg = _printed(capsys, "--optim", "fused_adam", "--amp_opt_level", "O1")
+    cfg = _printed(capsys, "--optim", "fused_adam", "--opts", "AMP_ENABLE", "False", "--amp_opt_level", "O1")
     assert (cfg.TRAIN.OPTIMIZER.NAME, cfg.AMP_ENABLE) == ("adamw", True)
     assert main(["--optim", "fused_lamb", "--print-config"]) == 2
     assert "TRAIN.OPTIMIZER.NAME" in capsys.readouterr().err

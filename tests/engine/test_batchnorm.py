@@ -80,3 +80,28 @@ def test_sync_batchnorm_converts_on_cuda_and_is_one_clear_error_on_cpu():
     one = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     assert run_module._with_sync_batchnorm(model, on, one) is model  # one process: nothing to synchronise
     assert run_module._with_sync_batchnorm(model, get_config(), cpu) is model  # off by default
+    assert run_module._with_sync_batchnorm(model, get_config(opts=["MODEL.SYNC_BN", "True", "EVAL_MODE", "True"]),
+                                           cpu) is model  # evaluation only: nothing to synchronise
+
+
+def test_sync_batchnorm_keeps_the_activation_of_timm_norm_act_layers():
+    """timm's BatchNormAct2d (norm + activation in one layer) must stay norm + activation: torch's converter would
+    drop the activation."""
+    import importlib
+
+    import timm
+
+    from configs import get_config
+    from engine.distributed import DistInfo
+
+    run_module = importlib.import_module("engine.run")
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    cuda = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cuda", 0))
+    converted = run_module._with_sync_batchnorm(model, get_config(opts=["MODEL.SYNC_BN", "True"]), cuda).eval()
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
+    with torch.no_grad():  # eval mode: SyncBatchNorm uses its running statistics, no process group needed
+        assert torch.equal(converted(x), before)

@@ -184,7 +184,7 @@ def test_without_appearance_the_weights_come_from_the_bias_alone():
     torch.manual_seed(0)
     model = perturb(SwinTransformer(**tiny_kwargs(), appearance=False)).eval()
     x = torch.randn(2, 3, 64, 64)
-    for impl in ("eager", "sdpa"):
+    for impl in ("eager", "sdpa"):  # built for either kernel, such a block always runs the eager products
         model.set_attn_impl(impl)
         with torch.no_grad():
             before = model(x)
