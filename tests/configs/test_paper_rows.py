@@ -37,8 +37,9 @@ def test_each_row_builds_its_published_model(row):
     assert get_config(row.config_path).MODEL.NAME.startswith(row.model)  # fine-tune configs add a suffix
     params, gflops, img_size = _measured(row)
     assert img_size == row.img_size
-    # a row agrees within the tolerance or carries the note that explains why not
-    assert (row.params_agree(params) and row.gflops_agree(gflops)) or row.note, (row.row, params, gflops)
+    # every row's GFLOPs agree within the tolerance; its parameters too, or its note explains why not (Swin-T's)
+    assert row.gflops_agree(gflops), (row.row, gflops)
+    assert row.params_agree(params) or row.note, (row.row, params)
 
 
 def test_the_baseline_shapes_are_exact():
