@@ -16,7 +16,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from .linear import Linear, Mlp
-from .swin import init_weights
+from .swin import drop_path_rates, init_weights
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class PyramidVisionTransformer(nn.Module):
         super().__init__()
         self.num_classes, self.num_stages = num_classes, len(depths)
         self.num_features = embed_dims[-1]
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # stochastic depth grows per block
+        dpr = drop_path_rates(drop_path_rate, depths)
         side = img_size
         for i in range(self.num_stages):
             p = patch_size if i == 0 else 2
@@ -122,11 +122,10 @@ class PyramidVisionTransformer(nn.Module):
             setattr(self, f"patch_embed{i + 1}", embed)
             setattr(self, f"pos_embed{i + 1}", nn.Parameter(torch.zeros(1, embed.num_patches + last, embed_dims[i])))
             setattr(self, f"pos_drop{i + 1}", nn.Dropout(drop_rate))
-            first = sum(depths[:i])
             setattr(self, f"block{i + 1}", nn.ModuleList(
-                Block(embed_dims[i], num_heads[i], mlp_ratios[i], qkv_bias, drop_rate, attn_drop_rate,
-                      dpr[first + j], sr_ratios[i])
-                for j in range(depths[i])
+                Block(embed_dims[i], num_heads[i], mlp_ratios[i], qkv_bias, drop_rate, attn_drop_rate, rate,
+                      sr_ratios[i])
+                for rate in dpr[i]
             ))
         self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.num_features))

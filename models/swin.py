@@ -6,7 +6,7 @@ window are padded per block (then shifted, as torchvision and the official detec
 built for the runtime size and cached.
 """
 import logging
-from typing import Dict, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -240,15 +240,13 @@ class SwinTransformer(SwinClassifier):
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm)
         self.absolute_pos_embed = nn.Parameter(torch.zeros(1, grid * grid, embed_dim)) if ape else None
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # stochastic depth grows per block
+        dpr = drop_path_rates(drop_path_rate, depths)
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
-            # the map stage i really runs on: PatchMerging pads an odd side, so ceil (timm builds for floor, so a
-            # 7x7 map's next stage there gets 3x3 windows over a padded 6x6 copy of its 4x4 map)
-            res = -(-grid // 2**i)
+            res = stage_resolution(grid, i)
             self.layers.append(BasicLayer(
                 int(embed_dim * 2**i), (res, res), depth, num_heads[i], window_size,
-                dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=i < self.num_layers - 1,
+                dpr[i], downsample=i < self.num_layers - 1,
                 use_checkpoint=use_checkpoint, shift=shift, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                 qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, rel_pos_bias=rel_pos_bias,
                 appearance=appearance, attn_impl=attn_impl,
@@ -273,6 +271,19 @@ class SwinTransformer(SwinClassifier):
                 if attn_impl not in ("eager", "sdpa"):
                     raise ValueError(f"attn_impl must be 'eager' or 'sdpa', got {attn_impl!r}")
                 module.attn_impl = attn_impl
+
+
+def stage_resolution(grid: int, stage: int) -> int:
+    """The side of the map stage `stage` runs on, for a grid x grid patch map: PatchMerging pads an odd side, so
+    ceil(grid / 2**stage) (timm builds for floor, so a 7x7 map's next stage there gets 3x3 windows over a padded 6x6
+    copy of its 4x4 map)."""
+    return -(-grid // 2**stage)
+
+
+def drop_path_rates(rate: float, depths: Sequence[int]) -> List[List[float]]:
+    """Stochastic depth growing linearly from 0 to `rate` over all blocks, as officially, split per stage."""
+    dpr = torch.linspace(0, rate, sum(depths), device="cpu").tolist()
+    return [dpr[sum(depths[:i]):sum(depths[:i + 1])] for i in range(len(depths))]
 
 
 def init_weights(module: nn.Module) -> None:

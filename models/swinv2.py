@@ -26,7 +26,8 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from .linear import Linear, Mlp, onednn_eligible, onednn_linear
-from .swin import PatchEmbed, ShiftedWindows, SwinClassifier, init_weights, merge_2x2
+from .swin import (PatchEmbed, ShiftedWindows, SwinClassifier, drop_path_rates, init_weights, merge_2x2,
+                   stage_resolution)
 from .window import relative_position_index
 
 log = logging.getLogger(__name__)
@@ -211,13 +212,13 @@ class SwinTransformerV2(SwinClassifier):
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm)
         self.absolute_pos_embed = nn.Parameter(torch.zeros(1, grid * grid, embed_dim)) if ape else None
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # stochastic depth grows per block
+        dpr = drop_path_rates(drop_path_rate, depths)
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
-            res = -(-grid // 2**i)  # the map stage i runs on: PatchMerging pads an odd side
+            res = stage_resolution(grid, i)
             self.layers.append(BasicLayer(
                 int(embed_dim * 2**i), (res, res), depth, num_heads[i], window_size,
-                dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=i < self.num_layers - 1,
+                dpr[i], downsample=i < self.num_layers - 1,
                 use_checkpoint=use_checkpoint, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
                 attn_drop=attn_drop_rate, pretrained_window_size=pretrained_window_sizes[i],
             ))
