@@ -73,7 +73,8 @@ def test_the_official_launch_form_works(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port", str(port),
-           "main.py", "--output", str(tmp_path), "--opts", *RUN_OPTS, "TRAIN.EPOCHS", "2"]
+           "main.py", "--output", str(tmp_path), "--opts", *RUN_OPTS, "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0",
+           "DATA.SYNTHETIC_TRAIN_SIZE", "32"]
     done = run(cmd)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert os.path.isfile(os.path.join(tmp_path, "swin_tiny_test", "t", "eval.json"))

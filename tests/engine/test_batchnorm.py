@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from engine.distributed import average_batchnorm_statistics
-from tests.helpers.processes import main_cmd, run, run_dir
+from tests.helpers.processes import RUN_OPTS, main_cmd, run, run_dir
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -52,8 +52,11 @@ def test_a_batchnorm_model_evaluates_the_same_on_two_processes_and_on_one(tmp_pa
     directory = run_dir(out).replace("swin_tiny_test", "test_resnet")
     two = json.load(open(os.path.join(directory, "eval.json")))
     ckpt = os.path.join(directory, "ckpt_epoch_0.pth")
-    done = run(main_cmd(out, *BN_MODEL, "EVAL_MODE", "True", "MODEL.RESUME", ckpt))
-    assert done.returncode == 0, done.stdout + done.stderr
+    import engine  # one process: run in this one (no interpreter start-up)
+    from configs import get_config
+
+    assert engine.run(get_config(None, RUN_OPTS + BN_MODEL + ["EVAL_MODE", "True", "MODEL.RESUME", ckpt,
+                                                              "OUTPUT", out])) == 0
     one = json.load(open(os.path.join(directory, "eval", "eval.json")))
     assert one["num_images"] == two["num_images"] == 13
     assert one["top1_acc"] == two["top1_acc"] and one["top5_acc"] == two["top5_acc"]

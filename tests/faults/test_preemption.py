@@ -42,21 +42,28 @@ def _interrupt(cmd: list[str], log: str, directory: str, min_step: int, send) ->
     return code, out, time.monotonic() - sent
 
 
-def _two_process_stop(tmp_path, send) -> tuple[list[str], str, str, int, str, float]:
-    """An uninterrupted 2-process run, then the same run stopped by send(torchrun's Popen) in epoch 1; returns
-    (command, run directory, the uninterrupted run's directory, exit code, output, seconds to stop)."""
-    baseline, out = str(tmp_path / "baseline"), str(tmp_path / "preempted")
-    cmd = main_cmd(out, *OPTS, procs=2)
-    code, text = finish(start(main_cmd(baseline, *OPTS, procs=2), str(tmp_path / "baseline.log")),
-                        str(tmp_path / "baseline.log"))
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> str:
+    """The uninterrupted 2-process run both stop tests compare with; returns its run directory."""
+    root = tmp_path_factory.mktemp("preempt_baseline")
+    out = str(root / "baseline")
+    code, text = finish(start(main_cmd(out, *OPTS, procs=2), str(root / "baseline.log")), str(root / "baseline.log"))
     assert code == 0, text[-3000:]
+    return run_dir(out)
+
+
+def _two_process_stop(tmp_path, send) -> tuple[list[str], str, int, str, float]:
+    """The 2-process run stopped by send(torchrun's Popen) in epoch 1; returns (command, run directory, exit
+    code, output, seconds to stop)."""
+    out = str(tmp_path / "preempted")
+    cmd = main_cmd(out, *OPTS, procs=2)
     code, text, seconds = _interrupt(cmd, str(tmp_path / "a.log"), run_dir(out), UPDATES + 2, send)
-    return cmd, run_dir(out), run_dir(baseline), code, text, seconds
+    return cmd, run_dir(out), code, text, seconds
 
 
-def test_sigusr1_to_one_rank_stops_both_mid_epoch_and_resume_is_bitwise_exact(tmp_path):
+def test_sigusr1_to_one_rank_stops_both_mid_epoch_and_resume_is_bitwise_exact(tmp_path, baseline):
     # SIGUSR1 (SLURM's early warning) to rank 1 only: rank 0 must learn of it and stop after the same update.
-    cmd, d, baseline, code, text, seconds = _two_process_stop(
+    cmd, d, code, text, seconds = _two_process_stop(
         tmp_path, lambda p: os.kill(rank_pid(p, 1), signal.SIGUSR1))
     assert code == 0, text[-3000:]  # torchrun's exit code: both workers exited 0
     assert seconds < 60
@@ -124,10 +131,10 @@ def test_sigterm_in_a_single_process_run_saves_mid_epoch_and_resumes_exactly(tmp
                          os.path.join(run_dir(str(tmp_path / "baseline")), "ckpt_epoch_0.pth"))
 
 
-def test_ctrl_c_to_a_two_process_job_stops_it_with_a_checkpoint_and_resume_is_bitwise_exact(tmp_path):
+def test_ctrl_c_to_a_two_process_job_stops_it_with_a_checkpoint_and_resume_is_bitwise_exact(tmp_path, baseline):
     """What a terminal does on Ctrl-C: SIGINT to torchrun and both ranks (the whole process group); torchrun
     passes it on to the ranks a second time."""
-    cmd, d, baseline, code, text, seconds = _two_process_stop(tmp_path, lambda p: os.killpg(p.pid, signal.SIGINT))
+    cmd, d, code, text, seconds = _two_process_stop(tmp_path, lambda p: os.killpg(p.pid, signal.SIGINT))
     assert seconds < 60, text[-3000:]
     path, step = _stopped_checkpoint(d, 1)
     assert f"Stopping on SIGINT (update {step}, part way through epoch 1); saved {path}" in text
