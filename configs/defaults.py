@@ -21,7 +21,7 @@ _C.DATA.MEAN = []  # (new) input normalization mean (RGB, 0-1); empty: the model
                    # config), else ImageNet's
 _C.DATA.STD = []  # (new) input normalization std; empty: as DATA.MEAN
 _C.DATA.ZIP_MODE = False  # read the official zipped layout (train.zip + train_map.txt)
-_C.DATA.CACHE_MODE = "part"  # zip mode caching: no | part (each rank its shard) | full
+_C.DATA.CACHE_MODE = "part"  # zip and parquet layouts held in memory: no | part (each rank its shard) | full
 _C.DATA.PIN_MEMORY = True  # pin host memory for faster copies (used on CUDA only)
 _C.DATA.NUM_WORKERS = 8  # data loader worker processes per rank
 _C.DATA.MASK_PATCH_SIZE = 32  # official SimMIM key, unused here (kept so official YAML files load)

@@ -16,6 +16,7 @@ Engine contract:
 from __future__ import annotations
 
 import logging
+import os
 import random
 import weakref
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from data.fast import FastOptions
 from data.folder import FolderDataset
 from data.imagenet22k import IN22KDataset
 from data.mixup import build_mixup
+from data.parquet import ParquetDataset, find_shards
 from data.samplers import DistributedTrainSampler, ExactEvalSampler, RASampler, ShardTrainSampler
 from data.synthetic import SyntheticDataset
 from data.transforms import build_transform
@@ -88,6 +90,13 @@ def _build_dataset(is_train: bool, cfg, rank: int, world_size: int) -> tuple[Dat
     # Approximate decoding and resizing of training crops (data/fast.py); never for evaluation.
     fast = FastOptions(draft=is_train and cfg.DATA.DRAFT_DECODE, resize=is_train and cfg.DATA.FAST_RESIZE,
                        uint8=cfg.DATA.NORMALIZE_ON_DEVICE)
+    split = "train" if is_train else "val"
+    if name in ("imagenet", "imagenet22K") and not cfg.DATA.ZIP_MODE and find_shards(cfg.DATA.DATA_PATH, split):
+        ds = ParquetDataset(cfg.DATA.DATA_PATH, split, transform, on_corrupt, cache_mode=cfg.DATA.CACHE_MODE,
+                            rank=rank, world_size=world_size, fast=fast)
+        log.info("%s: %d parquet shards (%s)", split, len(ds.shards), os.path.dirname(ds.shards[0]),
+                 extra={"once_per_job": True})
+        return ds, ds.num_classes
     if name == "imagenet":
         if cfg.DATA.ZIP_MODE:
             ds = ZipMapDataset(cfg.DATA.DATA_PATH, "train" if is_train else "val", transform, on_corrupt,
@@ -168,13 +177,14 @@ def _loader(cfg, dataset: Dataset, sampler: Sampler, device: torch.device, train
 
 def _train_sampler(cfg, dataset: Dataset, rank: int, world_size: int) -> Sampler:
     n = len(dataset)
+    part_cache = getattr(dataset, "cache_mode", "no") == "part"  # the zip and parquet layouts' in-memory shard
     if cfg.AUG.REPEATED_AUG:
-        if cfg.DATA.ZIP_MODE and cfg.DATA.CACHE_MODE == "part" and world_size > 1:
+        if part_cache and world_size > 1:
             log.warning("AUG.REPEATED_AUG sends images to every rank, so DATA.CACHE_MODE part serves only about "
                         "1/%d of reads from memory; use CACHE_MODE full or no.", world_size,
                         extra={"once_per_job": True})
         return RASampler(n, world_size, rank, cfg.SEED, cfg.AUG.REPEATED_AUG_REPEATS)
-    if cfg.DATA.ZIP_MODE and cfg.DATA.CACHE_MODE == "part" and cfg.DATA.DATASET == "imagenet":
+    if part_cache:
         return ShardTrainSampler(n, world_size, rank, cfg.SEED)
     return DistributedTrainSampler(n, world_size, rank, cfg.SEED)
 

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from data.base import LabeledImageDataset
+from data.bytecache import CACHE_MODES, ByteCache, cached_indices
 from data.errors import CorruptImageError, DataError
 from data.fast import FastOptions
 from data.folder import check_root
@@ -87,14 +88,12 @@ class ZipMapDataset(LabeledImageDataset):
         self._index_members(names)
         self._fh = None
         self._fh_pid = -1
+        if cache_mode not in CACHE_MODES:
+            raise DataError(f"DATA.CACHE_MODE is {cache_mode!r}; choose {', '.join(CACHE_MODES)}.")
         self.cache_mode = cache_mode
-        self._cache_pos = np.full(len(names), -1, dtype=np.int64)
-        self._cache_buf = np.zeros(0, dtype=np.uint8)
-        self._cache_off = np.zeros(1, dtype=np.int64)
-        if cache_mode in ("part", "full"):
-            self._fill_cache(range(len(names)) if cache_mode == "full" else range(rank, len(names), world_size))
-        elif cache_mode != "no":
-            raise DataError(f"DATA.CACHE_MODE is {cache_mode!r}; choose no, part or full.")
+        self._cache = ByteCache(len(names))
+        if cache_mode != "no":
+            self._fill_cache(cached_indices(cache_mode, len(names), rank, world_size))
 
     def _index_members(self, names: list[str]) -> None:
         try:
@@ -144,33 +143,26 @@ class ZipMapDataset(LabeledImageDataset):
         return data
 
     def _fill_cache(self, indices: range) -> None:
-        chunks, pos = [], 0
-        sizes = [0]
-        for i in indices:
-            try:
-                b = self._read_member(i)
-            except CorruptImageError:
-                continue  # left uncached: reading it again at training time applies DATA.ON_CORRUPT
-            chunks.append(np.frombuffer(b, dtype=np.uint8))
-            self._cache_pos[i] = pos
-            sizes.append(len(b))
-            pos += 1
-        self._cache_buf = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)
-        self._cache_off = np.cumsum(np.asarray(sizes, dtype=np.int64))
-        log.info("Cached %d images (%.1f MiB) from %s (%s mode)", pos, self._cache_buf.nbytes / 2**20,
+        def readable():
+            for i in indices:
+                try:
+                    yield i, self._read_member(i)
+                except CorruptImageError:
+                    continue  # left uncached: reading it again at training time applies DATA.ON_CORRUPT
+
+        self._cache = ByteCache(len(self._names), readable())
+        log.info("Cached %d images (%.1f MiB) from %s (%s mode)", len(self._cache), self._cache.nbytes / 2**20,
                  self.zip_path, self.cache_mode)
         if self._fh is not None:
             self._fh.close()
             self._fh, self._fh_pid = None, -1
 
     def cached(self, index: int) -> bool:
-        return bool(self._cache_pos[index] >= 0)
+        return self._cache.holds(index)
 
     def name(self, index: int) -> str:
         return f"{self.zip_path}@/{self._names[index].decode()}"
 
     def source(self, index: int) -> bytes:
-        p = int(self._cache_pos[index])
-        if p >= 0:
-            return self._cache_buf[self._cache_off[p] : self._cache_off[p + 1]].tobytes()
-        return self._read_member(index)
+        data = self._cache.get(index)
+        return self._read_member(index) if data is None else data

@@ -13,6 +13,10 @@ identical crops and RandAugment ops. Prints images/s, CPU ms per image and the r
 as JSON. With DATA.NORMALIZE_ON_DEVICE (the default) ours hands uint8 images to the training device, which then
 normalizes and erases (data/fast.py, `DeviceNormalize`); that batch step's CPU cost per image is reported
 too, as it is what a CPU-only run pays for it in the training process.
+
+Then the cost of reading the encoded bytes alone in each layout: the same images as the folder layout, the
+zipped layout and parquet shards as the Hugging Face Hub writes them (row groups of 100, snappy), each with
+DATA.CACHE_MODE no and full, in training's random order and evaluation's consecutive order.
 """
 from __future__ import annotations
 
@@ -75,6 +79,44 @@ def _time(fetch, collate, batches) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
+def reader_costs(root: str, repeats: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """CPU ms per image of reading the encoded bytes only (decoding and augmenting are the same for every layout),
+    for the training split of the folder under `root` packed into each layout, in training's random order and in
+    evaluation's consecutive order. Parquet as the Hub writes it (row groups of 100, snappy, dictionary-encoded)."""
+    from data.folder import FolderDataset
+    from data.parquet import ParquetDataset, write_shards
+    from data.zipped import ZipMapDataset
+    from scripts.make_zip import pack_split
+
+    folder = FolderDataset(root, "train")
+    packed = os.path.join(root, "packed")
+    os.makedirs(packed, exist_ok=True)
+    pack_split(folder.split_dir, folder.classes, os.path.join(packed, "train.zip"),
+               os.path.join(packed, "train_map.txt"))
+    order = np.random.default_rng(seed).permutation(len(folder))
+    write_shards([(open(folder.path(i), "rb").read(), folder.target(i)) for i in order], packed, "train",
+                 rows_per_group=100, class_names=folder.classes)
+    readers = {
+        "folder": lambda i: open(folder.path(i), "rb").read(),
+        "zip": ZipMapDataset(packed, "train", cache_mode="no").source,
+        "zip_cached": ZipMapDataset(packed, "train", cache_mode="full").source,
+        "parquet": ParquetDataset(packed, "train", cache_mode="no").source,
+        "parquet_cached": ParquetDataset(packed, "train", cache_mode="full").source,
+    }
+    n = len(folder)
+    orders = {"random": np.random.default_rng(seed + 1).permutation(n).tolist(), "consecutive": list(range(n))}
+    best: dict[str, dict[str, float]] = {name: {} for name in readers}
+    for _ in range(repeats):
+        for name, read in readers.items():  # taking turns, so machine load hits all alike
+            for kind, indices in orders.items():
+                c0 = time.process_time()
+                for i in indices:
+                    read(i)
+                ms = 1e3 * (time.process_time() - c0) / n
+                best[name][kind] = min(ms, best[name].get(kind, ms))
+    return best
+
+
 def _timm_transform(cfg, use_prefetcher: bool):
     t = create_transform(
         input_size=cfg.DATA.IMG_SIZE, is_training=True,
@@ -96,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="output/benchmark_data.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # what a DataLoader worker runs with
+    readers = None
     with tempfile.TemporaryDirectory() as tmp:
         root = args.dir or tmp
         if not os.path.isdir(os.path.join(root, "train")):
@@ -128,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeats):
                 device_part(x)
             device_ms = 1e3 * (time.process_time() - c0) / (args.repeats * len(x))
+        readers = reader_costs(root, args.repeats)
     result = {"images": n, "image_size": [500, 375], "repeats": args.repeats, "batch": args.batch,
               "img_size": cfg.DATA.IMG_SIZE, "python": platform.python_version(), "torch": torch.__version__,
               "cpu": device_name(torch.device("cpu")), "git_commit": git_commit(),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "normalize_on_device": device_part is not None,
-              "device_part_cpu_ms_per_image": device_ms}
+              "device_part_cpu_ms_per_image": device_ms, "read_cpu_ms_per_image": readers}
     for name, r in runs.items():
         wall = min(w for w, _ in r)  # best pass: least disturbed by other load
         cpu = min(c for _, c in r)
@@ -145,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['cpu_cost_ratio' + suffix]:.2f}x lower CPU cost")
     if device_ms is not None:
         print(f"ours' batch step on the device (normalize + random erasing), here on the CPU: {device_ms:.3f} ms/image")
+    print("reading the encoded bytes, CPU ms/image (random order / consecutive order):")
+    for name, costs in readers.items():
+        print(f"  {name:16s} {costs['random']:7.3f} / {costs['consecutive']:7.3f}")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -3,7 +3,7 @@
     python scripts/check_data.py PATH [--workers N] [--json report.json]
 
 PATH may be an ImageNet folder layout (train/ and val/), the zipped layout (train.zip + train_map.txt ...),
-an ImageNet-22K root (ILSVRC2011fall_whole_map_*.txt) or a single split folder of class sub-folders.
+parquet shards (data/train-*.parquet, data/validation-*.parquet ...), an ImageNet-22K root (ILSVRC2011fall_whole_map_*.txt) or a single split folder of class sub-folders.
 Exit status 1 when any image is unreadable, 2 when the layout itself is unusable, 0 otherwise.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from data.errors import CorruptImageError, DataError  # noqa: E402
 from data.folder import FOLDER_LAYOUT, FolderDataset, check_root  # noqa: E402
 from data.imagenet22k import IN22K_MAPS, IN22KDataset  # noqa: E402
+from data.parquet import ParquetDataset, find_shards  # noqa: E402
 from data.zipped import ZipMapDataset  # noqa: E402
 
 
@@ -47,9 +48,12 @@ def _first(batch: list) -> tuple[int, str]:
 
 def open_splits(path: str) -> list[tuple[str, object]]:
     """(split name, data set) for every split found under `path`."""
-    check_root(path, FOLDER_LAYOUT + ", the zipped layout or an ImageNet-22K root")
+    check_root(path, FOLDER_LAYOUT + ", the zipped layout, parquet shards or an ImageNet-22K root")
     if any(os.path.isfile(os.path.join(path, f"{s}.zip")) for s in ("train", "val")):
         return [(s, ZipMapDataset(path, s)) for s in ("train", "val") if os.path.isfile(os.path.join(path, f"{s}.zip"))]
+    shards = [s for s in ("train", "val") if find_shards(path, s)]
+    if shards:
+        return [(s, ParquetDataset(path, s, cache_mode="no")) for s in shards]
     if any(os.path.isfile(os.path.join(path, f)) for f in IN22K_MAPS.values()):
         return [(s, IN22KDataset(path, s)) for s, f in IN22K_MAPS.items() if os.path.isfile(os.path.join(path, f))]
     splits = [s for s in ("train", "val") if os.path.isdir(os.path.join(path, s))]

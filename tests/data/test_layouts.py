@@ -41,7 +41,7 @@ def test_zip_matches_folder_bitwise(zipped, cache):
         assert cached == {"no": [], "part": list(range(rank, 9, 2)), "full": list(range(9))}[cache]
         for i in range(9):
             assert np.array_equal(np.asarray(ds[i][0]), np.asarray(folder[i][0]))
-    assert ds._cache_buf.nbytes == (0 if cache == "no" else sum(
+    assert ds._cache.nbytes == (0 if cache == "no" else sum(
         os.path.getsize(folder.path(i)) for i in cached))
 
 
@@ -174,4 +174,7 @@ def test_benchmark_script_runs_and_writes_json(tmp_path):
     assert bench.main(["--dir", str(tmp_path / "imgs"), "--num-images", "4", "--repeats", "1", "--out", str(out)]) == 0
     res = json.load(open(out))
     assert res["images"] == 4 and res["speedup"] > 0 and res["ours"]["cpu_ms_per_image"] > 0
+    readers = res["read_cpu_ms_per_image"]
+    assert set(readers) == {"folder", "zip", "zip_cached", "parquet", "parquet_cached"}
+    assert all(set(r) == {"random", "consecutive"} for r in readers.values())
     assert Image.open(tmp_path / "imgs" / "train" / "c0" / "0.JPEG").size == (500, 375)

@@ -1,0 +1,154 @@
+"""Parquet shards in the Hub's layout: the same image gets the same label as from the folder layout, every row is
+readable by index (cache modes included), and bad shards give one clear error naming the file."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from data import DataError, build_dataset, build_loaders
+from data.errors import CorruptImageError
+from data.folder import FolderDataset
+from data.parquet import ParquetDataset, find_shards, write_shards
+from tests.helpers.data import load_script, make_cfg, write_folder
+
+CLASSES = ("n03", "n01", "n02")
+
+
+def _rows(folder: FolderDataset, order: np.ndarray) -> list[tuple[bytes, int]]:
+    return [(open(folder.path(i), "rb").read(), folder.target(i)) for i in order]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """A folder layout and the same images as parquet shards, rows shuffled (as the Hub's copy is), row groups of
+    2 over 3 training shards and 2 validation shards."""
+    root = tmp_path_factory.mktemp("pq")
+    src = write_folder(root / "folder", classes=CLASSES, per_class=(4, 3))
+    out = str(root / "parquet")
+    rng = np.random.default_rng(1)
+    for split, hub, shards in (("train", "train", 3), ("val", "validation", 2)):
+        folder = FolderDataset(src, split)
+        write_shards(_rows(folder, rng.permutation(len(folder))), out, hub, num_shards=shards, rows_per_group=2,
+                     class_names=sorted(CLASSES))
+    return src, out
+
+
+def _by_bytes(ds) -> dict[bytes, int]:
+    return {ds.source(i) if hasattr(ds, "shards") else open(ds.path(i), "rb").read(): ds.target(i)
+            for i in range(len(ds))}
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_each_image_has_its_folder_label(sources, split):
+    src, out = sources
+    ds, folder = ParquetDataset(out, split), FolderDataset(src, split)
+    assert len(ds) == len(folder) == {"train": 12, "val": 9}[split]
+    assert ds.num_classes == 3 and ds.classes == ["n01", "n02", "n03"]
+    assert len(ds.shards) == {"train": 3, "val": 2}[split]
+    assert _by_bytes(ds) == _by_bytes(folder)  # the same image, the same label; every row read back whole
+
+
+@pytest.mark.parametrize("cache", ["no", "part", "full"])
+def test_cache_modes_hold_the_rank_shard_and_serve_the_same_bytes(sources, cache):
+    _, out = sources
+    plain = ParquetDataset(out, "val", cache_mode="no")
+    for rank in range(2):
+        ds = ParquetDataset(out, "val", cache_mode=cache, rank=rank, world_size=2)
+        assert [i for i in range(9) if ds.cached(i)] == {"no": [], "part": list(range(rank, 9, 2)),
+                                                          "full": list(range(9))}[cache]
+        assert [ds.source(i) for i in range(9)] == [plain.source(i) for i in range(9)]
+        assert ds.targets == plain.targets
+
+
+def test_rows_read_in_any_order_and_in_forked_workers(sources):
+    _, out = sources
+    ds = ParquetDataset(out, "train", cache_mode="no")
+    expected = [ds.source(i) for i in range(len(ds))]
+    order = np.random.default_rng(0).permutation(len(ds))
+    assert [ds.source(int(i)) for i in order] == [expected[i] for i in order]
+    cfg = make_cfg(DATA__DATASET="imagenet", DATA__DATA_PATH=out, DATA__CACHE_MODE="no", DATA__NUM_WORKERS=2,
+                   AUG__MIXUP=0.0, AUG__CUTMIX=0.0)
+    loaders = build_loaders(cfg, rank=0, world_size=1, device=torch.device("cpu"))
+    assert isinstance(loaders.val_set, ParquetDataset) and isinstance(loaders.train_set, ParquetDataset)
+    seen = torch.cat([y for _, y in loaders.val_loader])
+    assert seen.tolist() == loaders.val_set.targets  # every validation row once, in order, with its label
+    images, _ = next(iter(loaders.train_loader))
+    assert images.shape[0] == 4
+
+
+def test_layout_patterns_and_binary_column(tmp_path, sources):
+    _, out = sources
+    pf = pq.ParquetFile(find_shards(out, "val")[0])
+    table = pf.read()
+    plain = pa.table({"image": table.column("image").combine_chunks().field("bytes"), "label": table.column("label")})
+    os.makedirs(tmp_path / "validation")
+    pq.write_table(plain, tmp_path / "validation" / "0000.parquet")
+    assert find_shards(str(tmp_path), "val") == [str(tmp_path / "validation" / "0000.parquet")]
+    ds = ParquetDataset(str(tmp_path), "val")
+    assert [ds.source(i) for i in range(len(ds))] == [bytes(b.as_py()) for b in plain.column("image")]
+    assert ds.classes is None and ds.num_classes == max(plain.column("label").to_pylist()) + 1
+    assert find_shards(str(tmp_path), "train") == []
+
+
+def test_a_corrupt_image_is_named_and_skipped_on_request(tmp_path, capsys):
+    good = write_folder(tmp_path / "f", classes=("a", "b"), per_class=(1, 2))
+    folder = FolderDataset(good, "val")
+    rows = _rows(folder, np.arange(4))
+    rows[1] = (b"not an image", rows[1][1])
+    write_shards(rows, str(tmp_path / "p"), "validation", rows_per_group=2)
+    cfg = dict(DATA__DATASET="imagenet", DATA__DATA_PATH=str(tmp_path / "p"), MODEL__NUM_CLASSES=2,
+               DATA__CACHE_MODE="no")
+    ds, _ = build_dataset(False, make_cfg(**cfg))
+    with pytest.raises(CorruptImageError, match=r"validation-00000-of-00001\.parquet \(row group 0, row 1\).*"
+                                                 r"DATA.ON_CORRUPT skip"):
+        ds[1]
+    ds, _ = build_dataset(False, make_cfg(DATA__ON_CORRUPT="skip", **cfg))
+    assert ds[1][1] == ds.target(2) and ds.corrupt_count() == 1
+    check = load_script("check_data")  # lists it too
+    assert check.main([str(tmp_path / "p"), "--workers", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "val: 4 images, 2 classes with images, 1 unreadable" in out
+    assert "UNREADABLE Cannot decode image " + ds.name(1) in out
+
+
+def _write(path, **columns) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_label", r"has columns \['image'\]; expected .*label"),
+    ("text_label", r"column label has type string; expected integer"),
+    ("negative", r"row group 0, row 1\) has label -1, outside 0\.\.1 .*test\) cannot be trained"),
+    ("truncated", r"is not a readable parquet file .*download it again"),
+    ("image_type", r"column image has type int64"),
+])
+def test_bad_shards_give_one_clear_error(tmp_path, case, message):
+    shard = str(tmp_path / "data" / "validation-00000-of-00001.parquet")
+    img = pa.array([b"x", b"y"], pa.binary())
+    if case == "no_label":
+        _write(shard, image=img)
+    elif case == "text_label":
+        _write(shard, image=img, label=pa.array(["a", "b"]))
+    elif case == "negative":
+        _write(shard, image=img, label=pa.array([1, -1]))
+    elif case == "image_type":
+        _write(shard, image=pa.array([1, 2]), label=pa.array([0, 1]))
+    else:
+        _write(shard, image=img, label=pa.array([0, 1]))
+        data = open(shard, "rb").read()
+        open(shard, "wb").write(data[: len(data) // 2])
+    with pytest.raises(DataError, match=message):
+        ParquetDataset(str(tmp_path), "val")
+
+
+def test_a_cache_larger_than_memory_is_refused_before_reading(sources, monkeypatch):
+    _, out = sources
+    monkeypatch.setattr("data.bytecache.available_memory", lambda: 1000)
+    with pytest.raises(DataError, match=r"DATA.CACHE_MODE would hold .* set DATA.CACHE_MODE no"):
+        ParquetDataset(out, "val", cache_mode="full")
