@@ -152,3 +152,28 @@ def test_a_cache_larger_than_memory_is_refused_before_reading(sources, monkeypat
     monkeypatch.setattr("data.bytecache.available_memory", lambda: 1000)
     with pytest.raises(DataError, match=r"DATA.CACHE_MODE would hold .* set DATA.CACHE_MODE no"):
         ParquetDataset(out, "val", cache_mode="full")
+
+
+def test_two_processes_train_on_the_shards_and_evaluate_like_the_folder_layout(sources, tmp_path):
+    """One epoch on 2 processes straight from the shards; the checkpoint then evaluated on the folder layout (one
+    process) counts the same correct images: every validation row was seen once, with its folder label."""
+    import json
+
+    import engine
+    from configs import get_config
+    from tests.helpers.processes import RUN_OPTS, main_cmd, run, run_dir
+
+    src, out = sources
+    data = ["DATA.DATASET", "imagenet", "MODEL.NUM_CLASSES", "3", "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0",
+            "AUG.REPEATED_AUG", "True", "DATA.CACHE_MODE", "part"]
+    done = run(main_cmd(str(tmp_path / "pq"), *data, "DATA.DATA_PATH", out, procs=2))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    directory = run_dir(str(tmp_path / "pq"))
+    two = json.load(open(os.path.join(directory, "eval.json")))
+    assert two["num_images"] == 9
+    ckpt = os.path.join(directory, "ckpt_epoch_0.pth")
+    assert engine.run(get_config(None, RUN_OPTS + data + ["DATA.DATA_PATH", src, "EVAL_MODE", "True",
+                                                          "MODEL.RESUME", ckpt, "OUTPUT", str(tmp_path / "f")])) == 0
+    one = json.load(open(os.path.join(run_dir(str(tmp_path / "f")), "eval", "eval.json")))
+    assert (one["num_images"], one["correct1"], one["correct5"]) == (9, two["correct1"], two["correct5"])
+    assert abs(one["loss"] - two["loss"]) <= 1e-5 * abs(one["loss"])
