@@ -18,7 +18,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="images per process per micro-step (DATA.BATCH_SIZE)")
     p.add_argument("--data-path", help="data set root (DATA.DATA_PATH)")
     p.add_argument("--zip", action="store_true", help="read the zipped ImageNet layout (DATA.ZIP_MODE)")
-    p.add_argument("--cache-mode", choices=["no", "part", "full"], help="zip caching (DATA.CACHE_MODE)")
+    p.add_argument("--cache-mode", choices=["no", "part", "full"],
+                   help="zip and parquet layouts held in memory (DATA.CACHE_MODE)")
     p.add_argument("--pretrained", help="weights to fine-tune from or evaluate (MODEL.PRETRAINED)")
     p.add_argument("--resume", help="checkpoint to resume from or evaluate (MODEL.RESUME)")
     p.add_argument("--accumulation-steps", type=int, help="micro-steps per update (TRAIN.ACCUMULATION_STEPS)")
