@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py --device cpu [--model swin_tiny_patch4_window7_224] [--batch 8] [--save]
     python scripts/benchmark.py --device cuda --model swin_base_patch4_window7_224 --compile --json out.json
+    python scripts/benchmark.py --device cpu --model swinv2_tiny_patch4_window8_256   # SwinV2: the same, v2 classes
 
 Settings: train step (forward + cross-entropy + backward + AdamW step) and inference (eval, no_grad), each in
 fp32 and under bf16 autocast, with the same batch, threads and drop-path rate for every implementation. Within
@@ -29,6 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import models  # noqa: E402
+from models.swinv2 import SWINV2_ZOO, SwinTransformerV2  # noqa: E402
 from engine.report import device_name  # noqa: E402
 from models.build import resolve_attn_impl  # noqa: E402
 from models.cpu import cpu_bf16_native, cpu_capability  # noqa: E402
@@ -39,23 +41,33 @@ IMPLS = ("ours", "ours_eager", "ours_sdpa", "ours_compiled", "timm", "torchvisio
 
 # a test-sized architecture (not a paper model) so the whole benchmark runs in seconds
 TINY = dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=32, patch_size=4, num_classes=10)
+TINY_V2 = dict(TINY, pretrained_window_sizes=(0, 0))  # the same shape as SwinV2 (a SwinV2 arch names its pretrained windows)
+
+
+def is_v2(arch: Dict[str, Any]) -> bool:
+    return "pretrained_window_sizes" in arch
 
 
 def arch_of(name: str) -> Dict[str, Any]:
     """The keyword arguments all three implementations are built with: a registered model's architecture from
-    models.ZOO (short forms like "base" allowed) with 1000 classes, or "tiny"."""
-    if name == "tiny":
-        return dict(TINY)
+    models.ZOO (short forms like "base" allowed) or SwinV2's (full names) with 1000 classes, or "tiny" / "tiny_v2"."""
+    if name in ("tiny", "tiny_v2"):
+        return dict(TINY if name == "tiny" else TINY_V2)
+    if name in SWINV2_ZOO:
+        return {**SWINV2_ZOO[name].kwargs(), "num_classes": 1000}
     full = [n for n in models.list_models() if n == name or n.split("_")[1] == name]
     if not full:
-        raise SystemExit(f"error: unknown --model {name!r}; use tiny or one of {', '.join(models.list_models())}")
+        raise SystemExit(f"error: unknown --model {name!r}; use tiny, tiny_v2 or one of "
+                         f"{', '.join(models.list_models() + list(SWINV2_ZOO))}")
     return {**models.ZOO[full[0]].kwargs(), "num_classes": 1000}
 
 
 def build(impl: str, arch: Dict[str, Any], device: torch.device, drop_path: float = 0.1,
           use_checkpoint: bool = False) -> nn.Module:
-    """One implementation of `arch` on `device`, in train mode."""
-    if impl.startswith("ours"):
+    """One implementation of `arch` (Swin, or SwinV2 when it names pretrained windows) on `device`, in train mode."""
+    if is_v2(arch):
+        model = _build_v2(impl, arch, drop_path, use_checkpoint)
+    elif impl.startswith("ours"):
         kind = {"ours_eager": "eager", "ours_sdpa": "sdpa"}.get(impl, resolve_attn_impl("auto", device))
         model = models.SwinTransformer(**arch, drop_path_rate=drop_path, use_checkpoint=use_checkpoint,
                                        attn_impl=kind)
@@ -75,6 +87,25 @@ def build(impl: str, arch: Dict[str, Any], device: torch.device, drop_path: floa
         raise SystemExit(f"error: unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")
     model = model.to(device).train()
     return torch.compile(model) if impl == "ours_compiled" else model
+
+
+def _build_v2(impl: str, arch: Dict[str, Any], drop_path: float, use_checkpoint: bool) -> nn.Module:
+    if impl in ("ours", "ours_compiled"):
+        return SwinTransformerV2(**arch, drop_path_rate=drop_path, use_checkpoint=use_checkpoint)
+    if impl == "timm":
+        from timm.models.swin_transformer_v2 import SwinTransformerV2 as TimmV2
+
+        return TimmV2(drop_path_rate=drop_path, **arch)
+    if impl == "torchvision":
+        from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+        # torchvision's continuous position bias always uses the current window (no pretrained_window_sizes)
+        return SwinTransformer([arch["patch_size"]] * 2, arch["embed_dim"], list(arch["depths"]),
+                               list(arch["num_heads"]), [arch["window_size"]] * 2, stochastic_depth_prob=drop_path,
+                               num_classes=arch["num_classes"], block=SwinTransformerBlockV2,
+                               downsample_layer=PatchMergingV2)
+    raise SystemExit(f"error: implementation {impl!r} has no SwinV2 form; choose ours, ours_compiled, timm or "
+                     "torchvision")
 
 
 def synchronize(device: torch.device) -> None:
@@ -212,10 +243,10 @@ def activation_memory(arch: Dict[str, Any], batch: int, device: torch.device) ->
     return out
 
 
-def default_impls(device: torch.device, compile_: bool) -> List[str]:
-    """ours / timm / torchvision; on CUDA also the other attention kernel and, if asked, ours compiled."""
+def default_impls(device: torch.device, compile_: bool, arch: Dict[str, Any]) -> List[str]:
+    """ours / timm / torchvision; on CUDA also the other attention kernel (Swin v1) and, if asked, ours compiled."""
     impls = ["ours", "timm", "torchvision"]
-    if device.type == "cuda":
+    if device.type == "cuda" and not is_v2(arch):
         other = "ours_eager" if resolve_attn_impl("auto", device) == "sdpa" else "ours_sdpa"
         impls.insert(1, other)
     if compile_:
@@ -228,7 +259,7 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     arch = arch_of(args.model)
-    impls = args.impls or default_impls(device, args.compile)
+    impls = args.impls or default_impls(device, args.compile, arch)
     result: dict = {
         "model": args.model, "arch": arch, "device": device.type, "device_name": device_name(device),
         "torch": torch.__version__, "batch": args.batch, "threads": torch.get_num_threads(), "iters": args.iters,

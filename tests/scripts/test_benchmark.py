@@ -89,3 +89,22 @@ def test_matmul_ceiling_tells_matrix_products_from_other_work():
     elementwise_only = benchmark.matmul_ceiling(lambda: (a.exp() + b).tanh_())
     assert matmul_only["matmul_share"] > 0.98 and matmul_only["ceiling"] < 1.02
     assert elementwise_only["matmul_share"] == 0 and elementwise_only["ceiling"] == float("inf")
+
+
+def test_swinv2_benchmarks_the_three_swinv2_implementations(tmp_path):
+    arch = benchmark.arch_of("swinv2_tiny_patch4_window8_256")
+    assert benchmark.is_v2(arch) and arch["window_size"] == 8 and arch["img_size"] == 256
+    tiny = benchmark.TINY_V2
+    models = {impl: benchmark.build(impl, tiny, torch.device("cpu")) for impl in ("ours", "timm", "torchvision")}
+    counts = {impl: sum(p.numel() for p in m.parameters()) for impl, m in models.items()}
+    # torchvision keeps a (zeroed) key bias the official SwinV2 and timm do not have: one dim-sized vector per block
+    assert counts["ours"] == counts["timm"] == counts["torchvision"] - (16 + 32)
+    assert type(models["ours"]).__name__ == "SwinTransformerV2" and models["timm"].__module__.endswith("_v2")
+    out = tmp_path / "v2.json"
+    assert benchmark.main(["--model", "tiny_v2", "--batch", "2", "--threads", "1", "--iters", "1", "--repeats", "1",
+                           "--warmup", "0", "--settings", "train_fp32", "--memory-model", "tiny_v2", "--no-ceiling",
+                           "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["settings"]["train_fp32"]) == {"ours", "timm", "torchvision"} and r["arch"]["pretrained_window_sizes"]
+    assert set(r["ratios"]["train_fp32"]) == {"ours/timm", "ours/torchvision"}
+    assert 0 < r["activation_memory"]["bytes_per_image"]["checkpoint"] < r["activation_memory"]["bytes_per_image"]["no_checkpoint"]
