@@ -11,7 +11,7 @@ import os
 import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -141,12 +141,24 @@ def resize_bias_table(table: torch.Tensor, window: int) -> torch.Tensor:
     return grid.reshape(table.shape[1], -1).permute(1, 0).to(table.dtype)  # (2W-1)^2, heads
 
 
-def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """Bicubic resize of a (1, L, C) square absolute position embedding to num_patches tokens."""
+def resize_pos_embed(pos: torch.Tensor, num_patches: int, prefix: int = 0) -> torch.Tensor:
+    """Bicubic resize of a (1, prefix + L, C) absolute position embedding over a square grid of L patches to
+    num_patches patches; the `prefix` entries (class or distillation tokens) are kept as they are."""
+    head, pos = pos[:, :prefix], pos[:, prefix:]
     src, dst = int(round(pos.shape[1] ** 0.5)), int(round(num_patches**0.5))
     grid = pos.float().reshape(1, src, src, -1).permute(0, 3, 1, 2)  # 1, C, S, S
     grid = F.interpolate(grid, size=(dst, dst), mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, dst * dst, -1).to(pos.dtype)  # 1, L', C
+    return torch.cat((head, grid.permute(0, 2, 3, 1).reshape(1, dst * dst, -1).to(pos.dtype)), dim=1)  # 1, p + L', C
+
+
+def _token_prefix(src_len: int, dst_len: int) -> Optional[int]:
+    """How many leading non-patch tokens (0-2: none, class, class + distillation) two position embeddings share
+    such that both remainders are square patch grids; None if there is no such number."""
+    for prefix in range(3):
+        a, b = src_len - prefix, dst_len - prefix
+        if a > 0 and b > 0 and round(a**0.5) ** 2 == a and round(b**0.5) ** 2 == b:
+            return prefix
+    return None
 
 
 def _layout_for(model: nn.Module, sd: Mapping[str, torch.Tensor], name: str) -> str:
@@ -195,13 +207,22 @@ def load_weights(
             if keys:
                 more = f" ... and {len(keys) - 5} more" if len(keys) > 5 else ""
                 parts.append(f"{title} ({len(keys)}): " + "; ".join(keys[:5]) + more)
-        parts.append("check the architecture (MODEL.SWIN.*: pass the --cfg the weights were trained with), or train "
-                     "from them with --pretrained, which adapts another window size, image size or head")
+        parts.append(f"check the architecture (the {_arch_keys(model)} keys: pass the --cfg the weights were trained "
+                     "with), or train from them with --pretrained, which adapts another window size, image size or head")
         raise WeightsError("\n".join(parts))
     model.load_state_dict({k: sd[k] for k in target}, strict=True)
     report.loaded = [k for k in target if k not in report.reinitialized]
     log.info("%s", report)
     return report
+
+
+def _arch_keys(model: nn.Module) -> str:
+    """Where the config sets this model's architecture, for error messages."""
+    if isinstance(model, SwinTransformerV2):
+        return "MODEL.SWINV2.*"
+    if isinstance(model, SwinTransformer):
+        return "MODEL.SWIN.*"
+    return "MODEL.NAME and DATA.IMG_SIZE"
 
 
 def _adapt(model: nn.Module, sd: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor],
@@ -215,9 +236,12 @@ def _adapt(model: nn.Module, sd: Dict[str, torch.Tensor], target: Dict[str, torc
             window = (int(round(target[k].shape[0] ** 0.5)) + 1) // 2
             sd[k] = resize_bias_table(v, window)
             report.resized.append(k)
-        elif k == "absolute_pos_embed" and v.shape[2] == target[k].shape[2]:
-            sd[k] = resize_pos_embed(v, target[k].shape[1])
-            report.resized.append(k)
+        elif (k.rsplit(".", 1)[-1].startswith(("absolute_pos_embed", "pos_embed")) and v.dim() == 3
+              and v.shape[2] == target[k].shape[2]):  # Swin's, ViT's, PVT's pos_embed1..4
+            prefix = _token_prefix(v.shape[1], target[k].shape[1])
+            if prefix is not None:
+                sd[k] = resize_pos_embed(v, target[k].shape[1] - prefix, prefix)
+                report.resized.append(k)
     head = _head_keys(model)
     head_shapes = [(sd[k].shape, target[k].shape) for k in head if k in sd and k in target]
     if any(a != b for a, b in head_shapes) or any(k in target and k not in sd for k in head):

@@ -162,3 +162,27 @@ def test_other_models_load_their_own_layout_and_fine_tune_their_classifier(tmp_p
     assert torch.equal(five.pos_embed4, pvt.pos_embed4)
     with pytest.raises(WeightsError, match="mis-shaped"):
         load_weights(create_pvt("pvt_tiny", img_size=64, num_classes=5), tmp_path / "pvt.pth")
+
+
+def test_pvt_and_vit_fine_tune_at_another_image_size(tmp_path):
+    """--pretrained at another resolution resizes every absolute position embedding over its patch grid, keeping
+    class tokens (PVT's pos_embed4, ViT's pos_embed) as they are; exact loading names the keys to check."""
+    import timm
+
+    from models.pvt import create_pvt
+    from models.weights import resize_pos_embed
+
+    torch.manual_seed(0)
+    pvt = create_pvt("pvt_tiny", img_size=64)
+    big = create_pvt("pvt_tiny", img_size=96)
+    report = load_weights(big, pvt.state_dict(), "finetune")
+    assert sorted(report.resized) == ["pos_embed1", "pos_embed2", "pos_embed3", "pos_embed4"]
+    assert torch.equal(big.pos_embed4[:, :1], pvt.pos_embed4[:, :1])  # the class token's entry
+    assert torch.equal(big.pos_embed1, resize_pos_embed(pvt.pos_embed1, 24 * 24))
+    assert big(torch.randn(1, 3, 96, 96)).shape == (1, 1000)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10)
+    vit48 = timm.create_model("vit_tiny_patch16_224", img_size=48, num_classes=10)
+    assert load_weights(vit48, vit.state_dict(), "finetune").resized == ["pos_embed"]
+    assert vit48.pos_embed.shape == (1, 1 + 9, 192) and torch.equal(vit48.pos_embed[:, 0], vit.pos_embed[:, 0])
+    with pytest.raises(WeightsError, match=r"the MODEL.NAME and DATA.IMG_SIZE keys"):
+        load_weights(create_pvt("pvt_tiny", img_size=96), pvt.state_dict())
