@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
+        if cfg.MODEL.TYPE == "timm":  # its own normalization and crop where the config leaves them empty, as a run
+            from models.build import with_own_input_config
+
+            cfg, _ = with_own_input_config(cfg)
         print(dump_config(cfg), end="")
         return 0
     from engine import run  # imported late: --help and --print-config need no torch start-up

@@ -111,7 +111,7 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
     started = time.monotonic()  # TRAIN.TIME_BUDGET counts from here
     seed_everything(cfg.SEED + info.rank)
     cfg, adopted = _model_of_checkpoint_to_evaluate(cfg)
-    cfg, own_input = _with_own_input_config(cfg)
+    cfg, own_input = models.build.with_own_input_config(cfg)
     name, changes = models.run_name(cfg)
     run_dir = derive(cfg, info.world_size, model_name=name).run_dir
     setup_logging(run_dir, info.rank)
@@ -146,21 +146,6 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
     if cfg.EVAL_MODE:
         return _evaluate_only(cfg, info, derived, model, loaders, amp)
     return _train(cfg, info, derived, model, loaders, amp, started)
-
-
-def _with_own_input_config(cfg: CfgNode) -> tuple[CfgNode, dict]:
-    """The config with DATA.MEAN, DATA.STD and TEST.CROP_PCT the model's own where it leaves them empty
-    (models.build.own_input_config), and what was filled in; the run's config.yaml then records them."""
-    own = models.build.own_input_config(cfg)
-    if not own:
-        return cfg, own
-    cfg = cfg.clone()
-    cfg.defrost()
-    for key, value in own.items():
-        section, name = key.split(".")
-        cfg[section][name] = value
-    cfg.freeze()
-    return cfg, own
 
 
 # Official keys (and flags) of CUDA/apex kernels this project does not use: accepted, and said once to do nothing.

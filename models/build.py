@@ -143,6 +143,21 @@ def own_input_config(cfg: Any) -> Dict[str, Any]:
     return {k: v for k, v in own.items() if not given[k]}
 
 
+def with_own_input_config(cfg: Any) -> Tuple[Any, Dict[str, Any]]:
+    """The config with DATA.MEAN, DATA.STD and TEST.CROP_PCT the model's own where it leaves them empty
+    (own_input_config), and what was filled in; a run's config.yaml then records them."""
+    own = own_input_config(cfg)
+    if not own:
+        return cfg, own
+    cfg = cfg.clone()
+    cfg.defrost()
+    for key, value in own.items():
+        section, name = key.split(".")
+        cfg[section][name] = value
+    cfg.freeze()
+    return cfg, own
+
+
 def _pvt_model(cfg: Any) -> nn.Module:
     """A PVT v1 size by MODEL.NAME (pvt_tiny, pvt_small, pvt_medium, pvt_large)."""
     if cfg.MODEL.NAME not in PVT_ZOO:

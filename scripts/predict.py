@@ -29,6 +29,7 @@ from data.images import decode_rgb, is_image_file  # noqa: E402
 from engine.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from engine.distributed import resolve_device  # noqa: E402
 from models import build_model  # noqa: E402
+from models.build import with_own_input_config  # noqa: E402
 from models.weights import WeightsError, load_weights  # noqa: E402
 
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         ckpt = load_checkpoint(args.resume)
-        cfg = load_config(args.cfg, ckpt, args.resume, args.opts)
+        cfg, _ = with_own_input_config(load_config(args.cfg, ckpt, args.resume, args.opts))
         files = [f for path in args.images for f in image_files(path)]
         device = resolve_device(args.device)
         model = build_model(cfg, device)

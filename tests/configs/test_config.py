@@ -279,3 +279,29 @@ def test_with_model_of_takes_only_the_model_keys_of_a_saved_config():
     assert with_model_of(cfg, dump_config(cfg), "ck.pth") == (cfg, [])
     with pytest.raises(ConfigError, match="Unknown config key MODEL.SWIN.WINDOW_SIZES .from ck.pth."):
         with_model_of(cfg, "MODEL:\n  SWIN:\n    WINDOW_SIZES: 7\n", "ck.pth")
+
+
+def test_with_model_of_takes_the_saved_inputs_only_where_the_config_leaves_them_empty():
+    """A timm model's own normalization and crop, filled in and saved at training time, are what its evaluation
+    uses; a config that sets them on purpose keeps its own."""
+    saved = get_config(None, ["MODEL.TYPE", "timm", "MODEL.NAME", "vit_base_patch16_224", "DATA.MEAN", "[0.5, 0.5, 0.5]",
+                              "DATA.STD", "[0.5, 0.5, 0.5]", "TEST.CROP_PCT", "0.9"])
+    empty = get_config(None, ["MODEL.TYPE", "timm", "MODEL.NAME", "vit_base_patch16_224", "EVAL_MODE", "True"])
+    new, changed = with_model_of(empty, dump_config(saved), "ck.pth")
+    assert changed == ["DATA.MEAN [] -> [0.5, 0.5, 0.5]", "DATA.STD [] -> [0.5, 0.5, 0.5]", "TEST.CROP_PCT 0.0 -> 0.9"]
+    assert (list(new.DATA.MEAN), new.TEST.CROP_PCT) == ([0.5, 0.5, 0.5], 0.9)
+    chosen = get_config(None, ["MODEL.TYPE", "timm", "MODEL.NAME", "vit_base_patch16_224", "TEST.CROP_PCT", "1.0"])
+    new, changed = with_model_of(chosen, dump_config(saved), "ck.pth")
+    assert new.TEST.CROP_PCT == 1.0 and "TEST.CROP_PCT 1.0 -> 0.9" not in changed
+
+
+def test_print_config_shows_a_timm_models_own_inputs_as_a_run_uses_them(capsys):
+    import timm
+
+    assert main(["--opts", "MODEL.TYPE", "timm", "MODEL.NAME", "vit_base_patch16_224", "--print-config"]) == 0
+    cfg = CfgNode.load_cfg(capsys.readouterr().out)
+    own = timm.models.get_pretrained_cfg("vit_base_patch16_224")
+    assert list(cfg.DATA.MEAN) == list(own.mean) and cfg.TEST.CROP_PCT == own.crop_pct
+    assert main(["--opts", "MODEL.TYPE", "timm", "MODEL.NAME", "vit_base_patch16_224", "TEST.CROP_PCT", "1.0",
+                 "--print-config"]) == 0
+    assert CfgNode.load_cfg(capsys.readouterr().out).TEST.CROP_PCT == 1.0

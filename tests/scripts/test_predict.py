@@ -139,3 +139,19 @@ def test_malicious_checkpoint_runs_nothing(tmp_path, capsys):
     assert predict.main(["--resume", evil, files[0], "--device", "cpu"]) == 2
     assert "evil.pth" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_a_timm_model_gets_its_own_normalization_and_crop(tmp_path, capsys, monkeypatch):
+    """A timm model's weights file with a --cfg that leaves DATA.MEAN/STD and TEST.CROP_PCT empty: the images are
+    prepared as those weights were trained (ViT's mean and std 0.5, crop 0.9), as a run's evaluation does."""
+    import timm
+
+    torch.save(timm.create_model("vit_tiny_patch16_224").state_dict(), tmp_path / "vit.pth")
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(dump_config(get_config(None, ["MODEL.TYPE", "timm", "MODEL.NAME", "vit_tiny_patch16_224"])))
+    seen = []
+    monkeypatch.setattr(predict, "build_transform", lambda train, cfg: seen.append(cfg) or build_transform(train, cfg))
+    files = _images(str(tmp_path / "imgs"), 1)
+    assert predict.main(["--cfg", str(cfg_file), "--resume", str(tmp_path / "vit.pth"), files[0], "--device", "cpu"]) == 0
+    own = timm.models.get_pretrained_cfg("vit_tiny_patch16_224")
+    assert list(seen[0].DATA.MEAN) == list(own.mean) == [0.5, 0.5, 0.5] and seen[0].TEST.CROP_PCT == own.crop_pct
