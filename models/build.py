@@ -9,7 +9,7 @@ from torch import nn
 
 from .pvt import PVT_ZOO, create_pvt
 from .swin import SwinTransformer
-from .swinv2 import SwinTransformerV2
+from .swinv2 import SWINV2_ZOO, SwinTransformerV2
 from .zoo import ZOO, claimed_variant
 
 log = logging.getLogger(__name__)
@@ -50,36 +50,51 @@ def swinv2_kwargs(cfg: Any) -> Dict[str, Any]:
     )
 
 
-# The SwinTransformer keywords that change the network (and its weights' shapes or meaning); the rest (classes,
-# drop rates, checkpointing, kernel choice) do not make it another architecture.
+# The SwinTransformer / SwinTransformerV2 keywords that change the network (and its weights' shapes or meaning); the
+# rest (classes, drop rates, checkpointing, kernel choice) do not make it another architecture.
 ARCH_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
              "qkv_bias", "qk_scale", "ape", "patch_norm", "shift", "rel_pos_bias", "appearance")
+ARCH_KEYS_V2 = ("img_size", "patch_size", "in_chans", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
+                "qkv_bias", "ape", "patch_norm", "pretrained_window_sizes")
+# Keys added after custom names existed: in the name's digest only when not at this value, so that the runs named
+# before keep their names (and resume).
+_DIGEST_SINCE = {"appearance": True}
 
 
-def _config_key(kwarg: str) -> str:
-    return "DATA.IMG_SIZE" if kwarg == "img_size" else f"MODEL.SWIN.{kwarg.upper()}"
+def _config_key(kwarg: str, section: str) -> str:
+    return "DATA.IMG_SIZE" if kwarg == "img_size" else f"{section}.{kwarg.upper()}"
 
 
 def run_name(cfg: Any) -> Tuple[str, List[str]]:
     """The name a run goes by (it names the run directory and the reports) and why, when it is not MODEL.NAME.
 
-    MODEL.NAME, unless it claims a registered variant (swin_tiny_patch4_window7_224, its _22k / _finetune
-    forms) whose architecture MODEL.SWIN.* or DATA.IMG_SIZE changed: such a run is not that variant, so it goes
-    by swin_custom_patch<P>_window<W>_<IMG>_<digest of the architecture>, and the list says what differs
+    MODEL.NAME, unless it claims a registered Swin or SwinV2 variant (swin_tiny_patch4_window7_224, its _22k /
+    _finetune forms; swinv2_tiny_patch4_window8_256, ...) whose architecture MODEL.SWIN.* / MODEL.SWINV2.* or
+    DATA.IMG_SIZE changed: such a run is not that variant, so it goes by
+    swin[v2]_custom_patch<P>_window<W>_<IMG>_<digest of the architecture>, and the list says what differs
     ("MODEL.SWIN.EMBED_DIM 16 (swin_tiny_patch4_window7_224 has 96)", ...).
     """
-    claimed = claimed_variant(cfg.MODEL.NAME) if cfg.MODEL.TYPE == "swin" else None
+    if cfg.MODEL.TYPE == "swin":
+        family, table, cls, keys, section, actual = "swin", ZOO, SwinTransformer, ARCH_KEYS, "MODEL.SWIN", None
+    elif cfg.MODEL.TYPE == "swinv2":
+        family, table, cls, keys, section = "swinv2", SWINV2_ZOO, SwinTransformerV2, ARCH_KEYS_V2, "MODEL.SWINV2"
+    else:
+        return cfg.MODEL.NAME, []
+    claimed = claimed_variant(cfg.MODEL.NAME, table)
     if claimed is None:
         return cfg.MODEL.NAME, []
-    defaults = {k: p.default for k, p in inspect.signature(SwinTransformer).parameters.items()}
-    expected = {**defaults, **ZOO[claimed].kwargs()}
-    actual = swin_kwargs(cfg)
-    changes = [f"{_config_key(k)} {_plain(actual[k])} ({claimed} has {_plain(expected[k])})"
-               for k in ARCH_KEYS if _plain(actual[k]) != _plain(expected[k])]
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+    expected = {**defaults, **table[claimed].kwargs()}
+    actual = swin_kwargs(cfg) if family == "swin" else swinv2_kwargs(cfg)
+    if family == "swinv2":  # None and zeros both mean "this model's own window"
+        expected["pretrained_window_sizes"] = tuple(expected["pretrained_window_sizes"] or (0,) * len(expected["depths"]))
+    changes = [f"{_config_key(k, section)} {_plain(actual[k])} ({claimed} has {_plain(expected[k])})"
+               for k in keys if _plain(actual[k]) != _plain(expected[k])]
     if not changes:
         return cfg.MODEL.NAME, []
-    digest = hashlib.sha1(repr([(k, _plain(actual[k])) for k in ARCH_KEYS]).encode()).hexdigest()[:6]
-    name = f"swin_custom_patch{actual['patch_size']}_window{actual['window_size']}_{actual['img_size']}_{digest}"
+    named = [(k, _plain(actual[k])) for k in keys if k not in _DIGEST_SINCE or actual[k] != _DIGEST_SINCE[k]]
+    digest = hashlib.sha1(repr(named).encode()).hexdigest()[:6]
+    name = f"{family}_custom_patch{actual['patch_size']}_window{actual['window_size']}_{actual['img_size']}_{digest}"
     return name, changes
 
 

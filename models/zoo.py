@@ -41,10 +41,11 @@ ZOO: Dict[str, Variant] = {
 }
 
 
-def claimed_variant(name: str) -> Optional[str]:
+def claimed_variant(name: str, table: Optional[Dict[str, Any]] = None) -> Optional[str]:
     """The registered variant a model name claims, or None: the official names with their suffixes
-    (swin_tiny_patch4_window7_224_22k, ..._22kto1k_finetune) and timm's tags (....ms_in1k) claim their stem."""
-    for key in ZOO:
+    (swin_tiny_patch4_window7_224_22k, ..._22kto1k_finetune) and timm's tags (....ms_in1k) claim their stem.
+    `table`: the variants to look in (default: Swin v1's ZOO)."""
+    for key in ZOO if table is None else table:
         if name == key or name.startswith((key + "_", key + ".")):
             return key
     return None

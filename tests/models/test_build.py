@@ -1,3 +1,6 @@
+import hashlib
+import os
+
 import pytest
 import torch
 
@@ -5,6 +8,7 @@ from configs import get_config
 from configs.defaults import get_defaults
 from models import SwinTransformer, build_model
 from models.build import swin_kwargs
+from tests.helpers.data import REPO
 
 
 def test_default_config_builds_swin_tiny():
@@ -105,6 +109,27 @@ def test_a_changed_architecture_does_not_go_by_the_variant_name_it_keeps():
     assert run_name(get_config(opts=same)) == ("swin_tiny_patch4_window7_224", [])
     # A name of one's own is kept whatever the architecture.
     assert run_name(get_config(opts=tiny + ["MODEL.NAME", "my_swin"])) == ("my_swin", [])
+    # Keys added later enter the digest only when set, so names given before they existed stay the same:
+    assert name == "swin_custom_patch4_window7_224_" + hashlib.sha1(repr(
+        [("img_size", 224), ("patch_size", 4), ("in_chans", 3), ("embed_dim", 16), ("depths", [1, 1]),
+         ("num_heads", [1, 2]), ("window_size", 7), ("mlp_ratio", 4.0), ("qkv_bias", True), ("qk_scale", None),
+         ("ape", False), ("patch_norm", True), ("shift", True), ("rel_pos_bias", True)]).encode()).hexdigest()[:6]
+    assert run_name(get_config(opts=tiny + ["MODEL.SWIN.APPEARANCE", "False"]))[0] != name
+
+
+def test_a_changed_swinv2_architecture_goes_by_a_custom_name():
+    from models import run_name
+
+    path = os.path.join(REPO, "configs", "swinv2", "swinv2_tiny_patch4_window8_256.yaml")
+    assert run_name(get_config(path)) == ("swinv2_tiny_patch4_window8_256", [])
+    name, changes = run_name(get_config(path, ["MODEL.SWINV2.EMBED_DIM", "64", "DATA.IMG_SIZE", "128"]))
+    assert name.startswith("swinv2_custom_patch4_window8_128_") and len(name) == len("swinv2_custom_patch4_window8_128_") + 6
+    assert changes == ["DATA.IMG_SIZE 128 (swinv2_tiny_patch4_window8_256 has 256)",
+                       "MODEL.SWINV2.EMBED_DIM 64 (swinv2_tiny_patch4_window8_256 has 96)"]
+    windows = run_name(get_config(path, ["MODEL.SWINV2.PRETRAINED_WINDOW_SIZES", "[4, 4, 4, 2]"]))
+    assert windows[1] == ["MODEL.SWINV2.PRETRAINED_WINDOW_SIZES [4, 4, 4, 2] (swinv2_tiny_patch4_window8_256 has "
+                          "[0, 0, 0, 0])"]
+    assert run_name(get_config(path, ["MODEL.NUM_CLASSES", "10", "MODEL.DROP_PATH_RATE", "0.5"]))[1] == []
 
 
 def _variant_opts(name: str) -> list:
