@@ -256,6 +256,32 @@ class ParquetDataset(LabeledImageDataset):
         return self._read(index) if data is None else data
 
 
+def shard_classes(path: str) -> list[str] | None:
+    """The class names a shard's `datasets` metadata gives its labels, or None."""
+    return _class_names(_open(path))
+
+
+def shard_rows(path: str) -> Iterator[tuple[bytes, int, str]]:
+    """(encoded image, label, stored file name or '') per row of one shard, read one row group at a time."""
+    pf = _open(path)
+    column = _image_column(pf, path)
+    columns = ["image", "label"]
+    for g in range(pf.metadata.num_row_groups):
+        try:
+            table = pf.read_row_group(g, columns=columns)
+        except Exception as e:
+            raise DataError(f"Cannot read row group {g} of {path} ({type(e).__name__}: {e}); download it again.") \
+                from None
+        images, labels = table.column("image").combine_chunks(), table.column("label").to_pylist()
+        data = images.field("bytes") if column == "image.bytes" else images
+        names = images.field("path").to_pylist() if column == "image.bytes" and \
+            images.type.get_field_index("path") >= 0 else [""] * len(labels)
+        for value, label, name in zip(data, labels, names):
+            if not value.is_valid or label is None:
+                raise DataError(f"{path} (row group {g}) has a row without image bytes or label; download it again.")
+            yield value.as_py(), int(label), name or ""
+
+
 def write_shards(items: list[tuple[bytes, int]], out_dir: str, split: str, num_shards: int = 1,
                  rows_per_group: int = 100, class_names: list[str] | None = None, compression: str = "snappy") -> list[str]:
     """Write (encoded image, label) rows as the Hub's layout writes them: out_dir/data/{split}-0000i-of-0000n.parquet,
