@@ -116,6 +116,19 @@ def _from_torchvision(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
+def _from_torchvision_v2(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    # as Swin v1's, plus: torchvision keeps one (q, k, v) bias and zeroes its k part on every forward, the official
+    # SwinV2 keeps q_bias and v_bias only
+    out = {}
+    for k, v in _from_torchvision(sd).items():
+        if k.endswith(".attn.qkv.bias"):
+            dim = v.shape[0] // 3
+            out[k.replace("qkv.bias", "q_bias")], out[k.replace("qkv.bias", "v_bias")] = v[:dim], v[2 * dim:]
+        else:
+            out[k] = v
+    return out
+
+
 def _detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     if "features.0.0.weight" in sd:
         return "torchvision"
@@ -162,31 +175,27 @@ def _token_prefix(src_len: int, dst_len: int) -> Optional[int]:
 
 
 def _layout_for(model: nn.Module, sd: Mapping[str, torch.Tensor], name: str) -> str:
-    """The layout to convert from: for Swin v1 the official, timm or torchvision one; for SwinV2 the official or
-    timm one; other models load their own layout unchanged."""
-    if isinstance(model, SwinTransformer):
+    """The layout to convert from: for Swin v1 and SwinV2 the official, timm or torchvision one; other models load
+    their own layout unchanged."""
+    if isinstance(model, (SwinTransformer, SwinTransformerV2)):
         return _detect_layout(sd)
-    if isinstance(model, SwinTransformerV2):
-        layout = _detect_layout(sd)
-        if layout == "torchvision":
-            raise WeightsError(f"{name} is torchvision's SwinV2 layout, which is not converted; use the official "
-                               "release's or timm's SwinV2 files.")
-        return layout
     return "own"
 
 
 def load_weights(
     model: nn.Module, source: Union[str, os.PathLike, Mapping[str, Any]], mode: str = "exact"
 ) -> LoadReport:
-    """Load weights (a path or a state dict) into model and report what happened: Swin v1 takes the official, timm
-    or torchvision layout, SwinV2 the official or timm one (any window size: its position bias has no table to
-    resize), any other model its own layout."""
+    """Load weights (a path or a state dict) into model and report what happened: Swin v1 and SwinV2 take the
+    official, timm or torchvision layout (SwinV2 at any window size: its position bias has no table to resize), any
+    other model its own layout."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "state dict"
     raw = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
     layout = _layout_for(model, _unwrap(raw), name)
-    convert = swinv2_from_timm if layout == "timm" and isinstance(model, SwinTransformerV2) else _CONVERTERS[layout]
+    convert = _CONVERTERS[layout]
+    if isinstance(model, SwinTransformerV2) and layout in ("timm", "torchvision"):
+        convert = swinv2_from_timm if layout == "timm" else _from_torchvision_v2
     sd = convert(_unwrap(raw))
     report = LoadReport(name, layout, mode)
     report.skipped = sorted(k for k in sd if k.rsplit(".", 1)[-1] in _BUFFERS)

@@ -1,7 +1,6 @@
 """Swin Transformer V2 (models/swinv2.py): exact parameter counts, logits equal to timm's and torchvision's, the
 official parameter names, the clamped logit scale, the continuous position bias and the official init."""
 import math
-import re
 
 import pytest
 import timm
@@ -59,35 +58,17 @@ def test_logits_equal_timm(kwargs):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def _from_torchvision(sd):
-    # features.0 = conv + LayerNorm, features.2i+1 = blocks of stage i, features.2i+2 = its PatchMergingV2; the
-    # qkv bias is one parameter there, whose key third is zeroed in every forward
-    out = {}
-    for k, v in sd.items():
-        if k.endswith(("relative_coords_table", "relative_position_index")):
-            continue
-        k = k.replace("features.0.0.", "patch_embed.proj.").replace("features.0.2.", "patch_embed.norm.")
-        m = re.match(r"features\.(\d+)\.(.*)", k)
-        if m:
-            n, rest = int(m.group(1)), m.group(2)
-            k = f"layers.{(n - 1) // 2}.blocks.{rest}" if n % 2 else f"layers.{n // 2 - 1}.downsample.{rest}"
-        k = k.replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.3.", ".mlp.fc2.")
-        if k.endswith("attn.qkv.bias"):
-            q, _, v = v.chunk(3)
-            out[k.replace("qkv.bias", "q_bias")], out[k.replace("qkv.bias", "v_bias")] = q, v
-        else:
-            out[k] = v
-    return out
-
-
-def test_logits_equal_torchvision_at_sizes_not_multiple_of_the_window():
-    # 100x260: 25x65 and 13x33 maps, padded per block and then shifted, as torchvision's SwinV2 does
+def test_torchvision_files_load_and_give_its_logits_at_sizes_not_multiple_of_the_window(tmp_path):
+    # 100x260: 25x65 and 13x33 maps, padded per block and then shifted, as torchvision's SwinV2 does; its file
+    # loads as it is (one qkv bias whose key third torchvision zeroes in every forward -> q_bias, v_bias)
     torch.manual_seed(0)
     tv = TorchvisionSwin([4, 4], 32, [2, 2], [2, 4], [4, 4], num_classes=10, block=SwinTransformerBlockV2,
                          downsample_layer=PatchMergingV2)
     tv = _randomise(tv).eval()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
     model = SwinTransformerV2(**SMALL).eval()
-    model.load_state_dict(_from_torchvision(tv.state_dict()), strict=True)
+    report = load_weights(model, tmp_path / "tv.pth")
+    assert report.layout == "torchvision" and len(report.loaded) == len(model.state_dict())
     x = torch.randn(1, 3, 100, 260)
     with torch.no_grad():
         torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)
