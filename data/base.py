@@ -117,6 +117,8 @@ class ImageDataset(Dataset):
     output (normalization on the device).
     """
 
+    max_consecutive_corrupt = _MAX_CONSECUTIVE_CORRUPT  # unreadable neighbours skipped before giving up
+
     def __init__(self, transform: Callable | None, on_corrupt: str = "error",
                  fast: FastOptions = FastOptions()) -> None:
         if on_corrupt not in ("error", "skip"):
@@ -169,8 +171,8 @@ class ImageDataset(Dataset):
         return self.fast.from_image(img) if self.fast is not None else img
 
     def _sample_or_skip(self, index: int) -> tuple[Any, int]:
-        n = len(self)
-        for attempt in range(min(n, _MAX_CONSECUTIVE_CORRUPT)):
+        n, limit = len(self), self.max_consecutive_corrupt
+        for attempt in range(min(n, limit)):
             i = (index + attempt) % n
             try:
                 return self._sample(i), i
@@ -183,7 +185,7 @@ class ImageDataset(Dataset):
                 self._corrupt.add()
                 log.warning("Skipping corrupt image %s (replaced by the next index)", self.name(i))
         raise DataError(
-            f"{min(n, _MAX_CONSECUTIVE_CORRUPT)} consecutive images starting at {self.name(index)} are unreadable; "
+            f"{min(n, limit)} consecutive images starting at {self.name(index)} are unreadable; "
             "check the data set with scripts/check_data.py."
         )
 

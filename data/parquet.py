@@ -17,10 +17,12 @@ in-memory copy when held (part: this rank's shard rank, rank + W, ..., the same 
 every row), else by reading its whole row group's image column, of which each process keeps the last one: cheap
 for evaluation's consecutive rows, a whole row group per image for training's random order (see
 benchmarks/README.md for the measured cost; scripts/prepare_imagenet.py writes the zip layout from shards for
-machines whose memory holds no shard).
+machines whose memory holds no shard). Filling the part cache reads every row group on every rank (each group
+holds rows of every rank's shard), once per start; a rank's process keeps at most 32 shards open.
 """
 from __future__ import annotations
 
+import collections
 import glob
 import json
 import logging
@@ -62,11 +64,17 @@ def _pyarrow():
     return pq
 
 
+_OPEN_FILES = 32  # shards a process keeps open at once (least recently used closed first)
+
+
 def _open(path: str):
     pq = _pyarrow()
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a damaged or truncated file
+        if "Too many open files" in str(e):
+            raise DataError(f"Cannot open {path}: too many open files in this process; raise the limit (ulimit -n) or "
+                            "use fewer DataLoader workers.") from None
         raise DataError(f"{path} is not a readable parquet file ({type(e).__name__}: {e}); download it again.") \
             from None
 
@@ -146,7 +154,11 @@ class ParquetDataset(LabeledImageDataset):
             raise DataError(f"The {split} shards under {root} hold no rows; expected {PARQUET_LAYOUT}.")
         self.num_classes = self._num_classes(root, split)
         self._check_labels()
-        self._files: dict[int, object] = {}
+        # under DATA.ON_CORRUPT skip a damaged row group's rows are skipped one by one: allow a whole group of them
+        self.max_consecutive_corrupt = max(self.max_consecutive_corrupt, int(np.bincount(
+            self._shard.astype(np.int64) * (int(self._group.max()) + 1) + self._group).max()) + 1)
+        self._bad_groups: set[tuple[int, int]] = set()
+        self._files: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._files_pid = -1
         self._group_key: tuple[int, int] | None = None
         self._group_values = None
@@ -160,11 +172,15 @@ class ParquetDataset(LabeledImageDataset):
                         "scripts/prepare_imagenet.py.", rows_per_group, extra={"once_per_job": True})
         if cache_mode != "no":
             held = cached_indices(cache_mode, len(self), rank, world_size)
-            ensure_fits(self._image_bytes() * len(held) // len(self), f"{split} images")
+            # filling holds the rows read and then their one buffer: about twice the cache at its peak
+            ensure_fits(2 * self._image_bytes() * len(held) // len(self), f"{split} images while filling the cache")
             self._cache = ByteCache(len(self), self._read_rows(held))
             log.info("Cached %d images (%.1f MiB) from %d %s shards (%s mode)", len(self._cache),
                      self._cache.nbytes / 2**20, len(self.shards), split, cache_mode)
             self._close()
+            import pyarrow as pa
+
+            pa.default_memory_pool().release_unused()  # the row groups read while filling
 
     def _image_bytes(self) -> int:
         """The image column's size over all shards, uncompressed, from the footers."""
@@ -198,29 +214,36 @@ class ParquetDataset(LabeledImageDataset):
     # -- reading ------------------------------------------------------------------------------------------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()  # open files and the last row group stay in the process that read them
-        state.update(_files={}, _files_pid=-1, _group_key=None, _group_values=None)
+        state.update(_files=collections.OrderedDict(), _files_pid=-1, _group_key=None, _group_values=None)
         return state
 
     def _file(self, s: int):
         if self._files_pid != os.getpid():
-            self._files, self._files_pid, self._group_key = {}, os.getpid(), None
-        if s not in self._files:
+            self._files, self._files_pid, self._group_key = collections.OrderedDict(), os.getpid(), None
+        if s in self._files:
+            self._files.move_to_end(s)
+        else:
+            while len(self._files) >= _OPEN_FILES:
+                self._files.popitem(last=False)[1].close()
             self._files[s] = _open(self.shards[s])
         return self._files[s]
 
     def _close(self) -> None:
         for pf in self._files.values():
             pf.close()
-        self._files, self._group_key, self._group_values = {}, None, None
+        self._files, self._group_key, self._group_values = collections.OrderedDict(), None, None
 
     def _row_group(self, s: int, g: int):
         """The image column of row group g of shard s (the last one read is kept)."""
+        if (s, g) in self._bad_groups:  # failed before in this process: not read again for each of its rows
+            raise CorruptImageError(f"Cannot read row group {g} of {self.shards[s]} (damaged)")
         if self._group_key != (s, g) or self._files_pid != os.getpid():
             try:
                 table = self._file(s).read_row_group(g, columns=[self._column])
             except DataError:
                 raise
             except Exception as e:  # a damaged page: the rows of this group cannot be read
+                self._bad_groups.add((s, g))
                 raise CorruptImageError(f"Cannot read row group {g} of {self.shards[s]}: {type(e).__name__}: {e}") \
                     from None
             column = table.column(0).combine_chunks()

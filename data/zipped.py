@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from data.base import LabeledImageDataset
-from data.bytecache import CACHE_MODES, ByteCache, cached_indices
+from data.bytecache import CACHE_MODES, ByteCache, cached_indices, ensure_fits
 from data.errors import CorruptImageError, DataError
 from data.fast import FastOptions
 from data.folder import check_root
@@ -93,7 +93,11 @@ class ZipMapDataset(LabeledImageDataset):
         self.cache_mode = cache_mode
         self._cache = ByteCache(len(names))
         if cache_mode != "no":
-            self._fill_cache(cached_indices(cache_mode, len(names), rank, world_size))
+            held = cached_indices(cache_mode, len(names), rank, world_size)
+            # filling holds the members read and then their one buffer: about twice the cache at its peak
+            ensure_fits(2 * int(self._csize[held.start:held.stop:held.step].sum()),
+                        f"{self.zip_path} while filling the cache")
+            self._fill_cache(held)
 
     def _index_members(self, names: list[str]) -> None:
         try:

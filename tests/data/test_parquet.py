@@ -177,3 +177,31 @@ def test_two_processes_train_on_the_shards_and_evaluate_like_the_folder_layout(s
     one = json.load(open(os.path.join(run_dir(str(tmp_path / "f")), "eval", "eval.json")))
     assert (one["num_images"], one["correct1"], one["correct5"]) == (9, two["correct1"], two["correct5"])
     assert abs(one["loss"] - two["loss"]) <= 1e-5 * abs(one["loss"])
+
+
+def test_a_damaged_row_group_is_skipped_whole_and_read_once(tmp_path, monkeypatch):
+    good = write_folder(tmp_path / "f", classes=("a", "b"), per_class=(1, 3))
+    folder = FolderDataset(good, "val")
+    (shard,) = write_shards(_rows(folder, np.arange(6)), str(tmp_path / "p"), "validation", rows_per_group=2)
+    column = pq.ParquetFile(shard).metadata.row_group(1).column(0)
+    start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+    with open(shard, "r+b") as f:  # garble the page header of row group 1's images (rows 2 and 3)
+        f.seek(start)
+        f.write(b"\xff" * 16)
+    ds = ParquetDataset(str(tmp_path / "p"), "val", on_corrupt="skip")
+    reads = []
+    real = ds._file
+    monkeypatch.setattr(ds, "_file", lambda s: reads.append(s) or real(s))
+    assert ds[2][1] == ds.target(4) and ds.corrupt_count() == 2  # rows 2 and 3 skipped, row 4 served
+    assert len(reads) == 2  # group 1 once (it failed), then group 2
+    with pytest.raises(CorruptImageError, match=r"Cannot read row group 1 of .*validation-00000-of-00001\.parquet"):
+        ParquetDataset(str(tmp_path / "p"), "val")[3]
+
+
+def test_open_shards_are_bounded(sources, monkeypatch):
+    _, out = sources
+    monkeypatch.setattr("data.parquet._OPEN_FILES", 2)
+    ds = ParquetDataset(out, "train", cache_mode="no")
+    expected = _by_bytes(ds)  # reads every shard in turn
+    assert len(ds._files) == 2 and len(ds.shards) == 3
+    assert _by_bytes(ParquetDataset(out, "train", cache_mode="full")) == expected
