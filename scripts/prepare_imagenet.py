@@ -131,8 +131,9 @@ def check_wnids(wnids: list[str], origin: str) -> list[str]:
     return sorted(wnids)
 
 
-def read_devkit(path: str) -> tuple[dict[int, str], list[int]]:
-    """(ILSVRC2012_ID -> wnid of the leaf classes, the class ID of each val image in file order), read in memory."""
+def read_devkit(path: str) -> tuple[dict[int, str], list[int], dict[str, int]]:
+    """(ILSVRC2012_ID -> wnid of the leaf classes, the class ID of each val image in file order, training images
+    per wnid where the devkit lists them), read in memory."""
     import scipy.io
     files: dict[str, bytes] = {}
     try:
@@ -150,18 +151,23 @@ def read_devkit(path: str) -> tuple[dict[int, str], list[int]]:
     # unpacks the whole archive to disk; these lines follow it.
     try:
         synsets = np.atleast_1d(scipy.io.loadmat(io.BytesIO(files[DEVKIT_META]), squeeze_me=True)["synsets"])
-        idx_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+        leaves = [s for s in synsets if int(s["num_children"]) == 0]
+        idx_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in leaves}
+        train_counts = ({str(s["WNID"]): int(s["num_train_images"]) for s in leaves}
+                        if "num_train_images" in (synsets.dtype.names or ()) else {})
         val_ids = [int(x) for x in files[DEVKIT_GT].split()]
     except (ValueError, KeyError, TypeError, IndexError, scipy.io.matlab.MatReadError) as e:
         raise DataError(f"{path}: cannot read {DEVKIT_META} / {DEVKIT_GT} ({e}); download the devkit again.") from None
     unknown = sorted(set(val_ids) - set(idx_to_wnid))
     if unknown:
         raise DataError(f"{path}: the val ground truth names class ID {unknown[0]}, which {DEVKIT_META} lacks.")
-    return idx_to_wnid, val_ids
+    return idx_to_wnid, val_ids, train_counts
 
 
 class ArchiveSource:
     """The official archives: a train tar of per-class tars, a flat val tar, the devkit with the val labels."""
+
+    marks_groups = True  # a finished class is marked and skipped by a rerun
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -169,7 +175,7 @@ class ArchiveSource:
         if not os.path.isfile(devkit):
             raise DataError(f"{devkit} is missing: download {ARCHIVES['devkit']} (Development kit, Task 1 & 2) from "
                             f"image-net.org into {root}; it holds the class list and the validation labels.")
-        self.idx_to_wnid, self.val_ids = read_devkit(devkit)
+        self.idx_to_wnid, self.val_ids, self.train_counts = read_devkit(devkit)
         self.wnids = check_wnids(list(self.idx_to_wnid.values()), devkit)
         self.reading = devkit
 
@@ -203,11 +209,18 @@ class ArchiveSource:
                             "same command (finished classes are kept).")
 
     def _class(self, label: str, wnid: str, outer: tarfile.TarFile, m: tarfile.TarInfo) -> Iterator[Member]:
-        self.reading = label
+        """The images of one inner tar; raises (so the class is not marked finished) when it holds fewer than the
+        devkit lists: a stream tar ends quietly at a damaged header."""
+        self.reading, n = label, 0
         with tarfile.open(fileobj=outer.extractfile(m), mode="r|") as inner:
             for im in inner:
                 if regular_member(label, im) and (name := image_name(label, im.name)):
+                    n += 1
                     yield Member(wnid, name, im.size, im.mtime, f"{label}:{im.name}", inner.extractfile(im))
+        expected = self.train_counts.get(wnid)
+        if expected is not None and n != expected:
+            raise DataError(f"{label} holds {n} images, the devkit lists {expected} for {wnid}: the archive is damaged; "
+                            "download it again and rerun the same command (finished classes are kept).")
 
     def _val(self, path: str, tf: tarfile.TarFile) -> Iterator[Member]:
         n = 0
@@ -236,7 +249,11 @@ def _images(folder: str) -> list[str]:
 
 
 class KaggleSource:
-    """Kaggle's copy: ILSVRC/Data/CLS-LOC/{train/<wnid>,val}/*.JPEG, LOC_val_solution.csv, LOC_synset_mapping.txt."""
+    """Kaggle's copy: ILSVRC/Data/CLS-LOC/{train/<wnid>,val}/*.JPEG, LOC_val_solution.csv, LOC_synset_mapping.txt.
+    Its classes are not marked finished (nothing says how many images a class folder should hold, and one still
+    being unpacked would stay short): a rerun looks at every file again, skipping those already whole."""
+
+    marks_groups = False
 
     def __init__(self, root: str) -> None:
         self.root, self.data = root, os.path.join(root, *KAGGLE_DIR.split("/"))
@@ -308,11 +325,15 @@ class ParquetSource:
     reads them in place). Classes are named by label: the ClassLabel names where they are wnids in sorted order, else
     the zero-padded label (0000 ... 0999), so that the sorted names give back the stored labels either way."""
 
+    marks_groups = True  # a shard read to its end is whole (a damaged one raises)
+
     def __init__(self, root: str) -> None:
         from data.parquet import find_shards, shard_classes
 
         self.root, self.reading = root, root
         self.shards = {split: find_shards(root, split) for split in SPLITS}
+        if not any(self.shards.values()):
+            raise DataError(f"No parquet shards under {root} (data/train-*.parquet, data/validation-*.parquet).")
         names = shard_classes(next(p for paths in self.shards.values() for p in paths))
         if not names:
             raise DataError(f"The shards under {root} name no classes (no ClassLabel in their metadata); train on them "
@@ -478,13 +499,15 @@ class FolderSink(Sink):
 
 
 class ZipSink(Sink):
-    """OUT/<split>.zip (stored members '<wnid>/<image>') and <split>_map.txt, renamed into place when complete."""
+    """OUT/<split>.zip (stored members '<wnid>/<image>') and <split>_map.txt, renamed into place when complete; an
+    unfinished <split>.zip.tmp is deleted (a rerun writes the split again)."""
 
     def __init__(self, out: str, wnids: list[str], min_free: int) -> None:
         self.out, self.min_free = out, min_free
         self.labels = {w: i for i, w in enumerate(wnids)}
         self.zf: zipfile.ZipFile | None = None
         self.entries: list[tuple[int, str]] = []
+        self.tail = 0  # bytes still to come after the members: central directory and map file
 
     def _paths(self, split: str) -> tuple[str, str]:
         return os.path.join(self.out, f"{split}.zip"), os.path.join(self.out, f"{split}_map.txt")
@@ -494,11 +517,16 @@ class ZipSink(Sink):
 
     def begin(self, split: str) -> None:
         self.zf = zipfile.ZipFile(self._paths(split)[0] + ".tmp", "w", zipfile.ZIP_STORED, allowZip64=True)
-        self.entries = []
+        self.entries, self.tail = [], 22 + 76  # end of central directory records (zip64 included)
 
     def write(self, split: str, m: Member) -> bool:
-        ensure_space(self.out, m.size, m.origin, self.min_free)
-        info = zipfile.ZipInfo(f"{m.wnid}/{m.name}", time.localtime(min(max(m.mtime, ZIP_TIMES[0]), ZIP_TIMES[1]))[:6])
+        name = f"{m.wnid}/{m.name}"
+        entry = len(name.encode()) + 46 + 28  # central directory entry with a zip64 extra field
+        line = len(f"{name}\t{self.labels[m.wnid]}\n".encode())
+        # the local header, the image, and everything still to be written after it (so the end cannot overrun)
+        ensure_space(self.out, 30 + len(name.encode()) + 20 + m.size + self.tail + entry + line, m.origin,
+                     self.min_free)
+        info = zipfile.ZipInfo(name, time.localtime(min(max(m.mtime, ZIP_TIMES[0]), ZIP_TIMES[1]))[:6])
         info.file_size, info.external_attr = m.size, 0o644 << 16
         with self.zf.open(info, "w") as dst:
             if m.path:
@@ -507,21 +535,29 @@ class ZipSink(Sink):
             else:
                 shutil.copyfileobj(m.fileobj, dst, 1 << 20)
         self.entries.append((self.labels[m.wnid], info.filename))
+        self.tail += entry + line
         return True
 
     def finish_split(self, split: str) -> None:
-        """Rename the zip and the map into place (an unfinished zip is written again from scratch)."""
+        """Rename the zip and the map into place."""
         zip_path, map_path = self._paths(split)
-        self.close()
+        self.zf.close()
+        self.zf = None
         with open(map_path + ".tmp", "w", encoding="utf-8") as f:
             f.writelines(f"{name}\t{label}\n" for label, name in sorted(self.entries))
         os.replace(zip_path + ".tmp", zip_path)
         os.replace(map_path + ".tmp", map_path)
 
     def close(self) -> None:
-        if self.zf is not None:
-            self.zf.close()
+        if self.zf is not None:  # the split did not finish: its partial zip is never resumed, so free the disk
+            path = self.zf.filename
+            try:
+                self.zf.close()
+            except OSError:
+                pass
             self.zf = None
+            if path and os.path.exists(path):
+                os.remove(path)
 
 
 class Progress:
@@ -562,12 +598,13 @@ def prepare(source: ArchiveSource | KaggleSource | ParquetSource, sink: Sink, ex
         sink.begin(split)
         try:
             for key, members in source.groups(split):
-                if sink.group_done(split, key):
+                if source.marks_groups and sink.group_done(split, key):
                     bar.advance(sink.group_size(split, key), written=False)
                     continue
                 for m in members:
                     bar.advance(written=sink.write(split, m))
-                sink.finish_group(split, key)
+                if source.marks_groups:
+                    sink.finish_group(split, key)
             sink.finish_split(split)
         except TAR_ERRORS as e:
             raise DataError(f"Reading {source.reading} failed ({e}): the archive is truncated or corrupt. Download it "
@@ -681,7 +718,11 @@ def main(argv: list[str] | None = None) -> int:
     for p in problems:
         print(f"check failed: {p}", file=sys.stderr)
     if problems:
-        print(f"error: {out} is not a complete ImageNet copy (--expect-counts sets the expected numbers)",
+        state = os.path.join(out, STATE_DIR)
+        if os.path.isdir(state):  # so that a rerun looks at every class again (whole files are kept)
+            shutil.rmtree(state)
+        print(f"error: {out} is not a complete ImageNet copy (--expect-counts sets the expected numbers); mend the "
+              "source and rerun the same command: it looks at every class again and keeps the files already whole",
               file=sys.stderr)
         return 1
     print("ok")

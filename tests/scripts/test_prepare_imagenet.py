@@ -64,7 +64,7 @@ def _tar(entries, mode="w") -> bytes:
 def _devkit(val_ids) -> bytes:
     fields = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
               "num_train_images")
-    rows = [(i, w, f"words {w}", "gloss", 0, np.zeros(0), 0, 3)
+    rows = [(i, w, f"words {w}", "gloss", 0, np.zeros(0), 0, len(TRAIN[w]))
             for i, w in sorted((i, w) for w, i in DEVKIT_IDS.items())]
     rows.append((4, "n00001740", "entity", "root", 3, np.array([1, 2, 3]), 3, 0))  # not a class (has children)
     synsets = np.empty((len(rows), 1), dtype=[(f, object) for f in fields])
@@ -243,7 +243,7 @@ def test_resume_after_interruption_zip(archives, prepared, tmp_path, monkeypatch
 
     monkeypatch.setattr(prep.ZipSink, "write", killed_in_val)
     assert prep.main([archives, str(out), "--zip", "--quiet", *COUNTS]) == 130
-    assert sorted(os.listdir(out)) == ["train.zip", "train_map.txt", "val.zip.tmp"]  # val never under its final name
+    assert sorted(os.listdir(out)) == ["train.zip", "train_map.txt"]  # val never under its final name, its part freed
     train_zip = os.stat(out / "train.zip").st_mtime_ns
     monkeypatch.setattr(prep.ZipSink, "write", real)
     assert prep.main([archives, str(out), "--zip", "--quiet", *COUNTS]) == 0
@@ -397,3 +397,65 @@ def test_parquet_source_errors_name_the_shard(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train-00000-of-00001.parquet row 1 has label 5, outside 0..2" in err
     assert not os.path.exists(tmp_path / "out" / prep.STATE_DIR / "train.done")
+
+
+def test_a_class_tar_cut_short_by_a_damaged_header_is_not_marked_finished(tmp_path, capsys):
+    """A stream tar ends quietly at a damaged header: the devkit's training count per class catches it, the class
+    is not marked finished, and the archive downloaded again completes the output."""
+    src = write_archives(tmp_path / "download")
+    path = os.path.join(src, prep.ARCHIVES["train"])
+    full = open(path, "rb").read()
+    first = TRAIN[WNIDS[0]]
+    inner = _tar([_info(n, b) for n, b in first.items()])
+    damaged = bytearray(inner)
+    damaged[512 + len(_pad(next(iter(first.values())))) + 100] ^= 0xFF  # the second member's header (mode field)
+    with open(path, "wb") as f:
+        f.write(full.replace(inner, bytes(damaged)))
+    out = tmp_path / "out"
+    assert prep.main([src, str(out), "--quiet", *COUNTS]) == 2
+    err = capsys.readouterr().err
+    assert f"{WNIDS[0]}.tar holds 1 images, the devkit lists 3 for {WNIDS[0]}" in err
+    assert not os.path.exists(out / prep.STATE_DIR / "train" / f"{WNIDS[0]}.done")
+    with open(path, "wb") as f:
+        f.write(full)
+    assert prep.main([src, str(out), "--quiet", *COUNTS]) == 0 and tree(out) == EXPECTED
+
+
+def _pad(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 512)
+
+
+def test_a_failed_check_clears_the_markers_so_a_rerun_looks_again(tmp_path, capsys):
+    src = write_kaggle(tmp_path / "kaggle")
+    missing = os.path.join(src, "ILSVRC/Data/CLS-LOC/train", WNIDS[1], f"{WNIDS[1]}_1.JPEG")
+    data = open(missing, "rb").read()
+    os.remove(missing)  # a class folder still being unpacked
+    out = tmp_path / "out"
+    assert prep.main([src, str(out), "--quiet", *COUNTS]) == 1
+    assert "train has 7 images, expected 8" in capsys.readouterr().err
+    assert not os.path.exists(out / prep.STATE_DIR)
+    open(missing, "wb").write(data)
+    assert prep.main([src, str(out), "--quiet", *COUNTS]) == 0 and tree(out) == EXPECTED
+
+
+def test_zip_space_check_counts_the_directory_and_map_still_to_come(archives, tmp_path, monkeypatch, capsys):
+    """The free space a zip's end needs (central directory, map) is counted before each member, so a disk that
+    holds the images but not that end stops the run before it is full, and the partial zip is removed."""
+    out = tmp_path / "out"
+    members = sum(30 + len(k) - len("train/") + 20 + len(b) for k, b in EXPECTED.items() if k.startswith("train/"))
+    budget = 64 * 2**20 + members + 16  # room for the members and their local headers, not for the end
+
+    def usage(path):  # the free space falls as the output grows
+        used = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+        return shutil._ntuple_diskusage(10**12, used, budget - used)
+
+    monkeypatch.setattr(prep.shutil, "disk_usage", usage)
+    assert prep.main([archives, str(out), "--zip", "--quiet", *COUNTS]) == 2
+    assert "Not enough disk space" in capsys.readouterr().err
+    assert not os.path.exists(out / "train.zip.tmp") and not os.path.exists(out / "train.zip")
+
+
+def test_parquet_source_without_shards_is_one_clear_error(tmp_path, capsys):
+    os.makedirs(tmp_path / "empty")
+    assert prep.main([str(tmp_path / "empty"), str(tmp_path / "out"), "--source", "parquet", "--quiet"]) == 2
+    assert "No parquet shards under" in capsys.readouterr().err
