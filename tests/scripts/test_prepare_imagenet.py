@@ -14,6 +14,7 @@ from PIL import Image
 
 from data.folder import FolderDataset
 from data.zipped import ZipMapDataset
+import data.imagenet_sources as sources
 from scripts import prepare_imagenet as prep
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
@@ -93,7 +94,7 @@ def write_archives(root, outer_extra=(), inner_extra=(), val_extra=(), val_ids=V
     val[1:1] = list(val_extra)
     for name, data in (("train", _tar(outer)), ("val", _tar(val)), ("devkit", _devkit(val_ids) if devkit else None)):
         if data is not None:
-            with open(os.path.join(root, prep.ARCHIVES[name]), "wb") as f:
+            with open(os.path.join(root, sources.ARCHIVES[name]), "wb") as f:
                 f.write(data)
     return str(root)
 
@@ -270,7 +271,7 @@ def test_hostile_archive_refused(case, tmp_path, capsys):
     before = snapshot_outside(tmp_path, out)
     assert prep.main([src, str(out), "--quiet", *COUNTS]) == 2
     err = capsys.readouterr().err
-    archive = prep.ARCHIVES["val" if case.startswith("val") else "train"]
+    archive = sources.ARCHIVES["val" if case.startswith("val") else "train"]
     assert "unsafe" in err and archive in err and err.count("\n") == 1
     if case.startswith("inner"):
         assert f"{archive}:n01440764.tar" in err
@@ -281,7 +282,7 @@ def test_hostile_archive_refused(case, tmp_path, capsys):
 @pytest.mark.parametrize("where", ["inside an image", "between classes"])
 def test_truncated_train_tar(where, tmp_path, capsys):
     src, out = write_archives(tmp_path / "download"), tmp_path / "out"
-    path = os.path.join(src, prep.ARCHIVES["train"])
+    path = os.path.join(src, sources.ARCHIVES["train"])
     with tarfile.open(path) as tf:
         second, third = tf.getmembers()[1:3]
         with tarfile.open(fileobj=tf.extractfile(second)) as inner:
@@ -292,7 +293,7 @@ def test_truncated_train_tar(where, tmp_path, capsys):
         f.write(full[:cut] if where == "inside an image" else full[:third.offset])
     assert prep.main([src, str(out), "--quiet", *COUNTS]) == 2
     err = capsys.readouterr().err
-    assert "truncated" in err and prep.ARCHIVES["train"] in err and "download it again" in err.lower()
+    assert "truncated" in err and sources.ARCHIVES["train"] in err and "download it again" in err.lower()
     written = tree(out)
     assert all(EXPECTED[k] == b for k, b in written.items())  # no half file under a final name, no .part
     # tars are read in 10 KiB blocks, so the class holding the cut yields no image here
@@ -403,7 +404,7 @@ def test_a_class_tar_cut_short_by_a_damaged_header_is_not_marked_finished(tmp_pa
     """A stream tar ends quietly at a damaged header: the devkit's training count per class catches it, the class
     is not marked finished, and the archive downloaded again completes the output."""
     src = write_archives(tmp_path / "download")
-    path = os.path.join(src, prep.ARCHIVES["train"])
+    path = os.path.join(src, sources.ARCHIVES["train"])
     full = open(path, "rb").read()
     first = TRAIN[WNIDS[0]]
     inner = _tar([_info(n, b) for n, b in first.items()])
