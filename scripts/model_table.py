@@ -31,14 +31,17 @@ log = logging.getLogger(__name__)
 def model_rows() -> List[Dict[str, object]]:
     """One row per registered Swin variant (v1, then the official SwinV2 models) with its exact parameter count and
     GFLOPs (multiply-adds / 1e9)."""
-    rows = []
-    for table, create in ((ZOO, create_model), (SWINV2_ZOO, create_swinv2)):
-        for name, variant in table.items():
-            with torch.device("meta"):
-                model = create(name)
-            rows.append({"name": name, "img_size": variant.img_size, "params": count_params(model),
-                         "gflops": round(count_flops(model, variant.img_size) / 1e9, 1)})
-    return rows
+    return [dict(zoo_row(name)) for name in list(ZOO) + list(SWINV2_ZOO)]
+
+
+@functools.lru_cache(maxsize=None)
+def zoo_row(name: str) -> Dict[str, object]:
+    """The model_rows() row of one registered variant (computed once per process; copy before changing it)."""
+    table, create = (ZOO, create_model) if name in ZOO else (SWINV2_ZOO, create_swinv2)
+    with torch.device("meta"):
+        model = create(name)
+    return {"name": name, "img_size": table[name].img_size, "params": count_params(model),
+            "gflops": round(count_flops(model, table[name].img_size) / 1e9, 1)}
 
 
 @functools.lru_cache(maxsize=None)
