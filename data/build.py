@@ -184,8 +184,8 @@ def _train_sampler(cfg, dataset: Dataset, rank: int, world_size: int) -> Sampler
                         "1/%d of reads from memory; use CACHE_MODE full or no.", world_size,
                         extra={"once_per_job": True})
         return RASampler(n, world_size, rank, cfg.SEED, cfg.AUG.REPEATED_AUG_REPEATS)
-    if part_cache:
-        return ShardTrainSampler(n, world_size, rank, cfg.SEED)
+    if part_cache:  # the rows this rank holds in memory: strided for the zip layout, whole row groups for parquet
+        return ShardTrainSampler(n, world_size, rank, cfg.SEED, shards=getattr(dataset, "part_shards", None))
     return DistributedTrainSampler(n, world_size, rank, cfg.SEED)
 
 

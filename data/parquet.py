@@ -17,8 +17,9 @@ in-memory copy when held (part: this rank's shard rank, rank + W, ..., the same 
 every row), else by reading its whole row group's image column, of which each process keeps the last one: cheap
 for evaluation's consecutive rows, a whole row group per image for training's random order (see
 benchmarks/README.md for the measured cost; scripts/prepare_imagenet.py writes the zip layout from shards for
-machines whose memory holds no shard). Filling the part cache reads every row group on every rank (each group
-holds rows of every rank's shard), once per start; a rank's process keeps at most 32 shards open.
+machines whose memory holds no shard). With CACHE_MODE part the training split is dealt to the ranks by whole row
+groups (group k to rank k mod W), so each rank reads only its 1/W of the shards to fill its cache, and
+ShardTrainSampler draws its epochs from them; a rank's process keeps at most 32 shards open.
 """
 from __future__ import annotations
 
@@ -170,8 +171,12 @@ class ParquetDataset(LabeledImageDataset):
                         "group (%.0f rows on average), which costs more than decoding the image; hold the shards in "
                         "memory (DATA.CACHE_MODE part or full) or write the zip layout with "
                         "scripts/prepare_imagenet.py.", rows_per_group, extra={"once_per_job": True})
+        self.part_shards: list[np.ndarray] | None = None  # every rank's training rows with CACHE_MODE part
         if cache_mode != "no":
             held = cached_indices(cache_mode, len(self), rank, world_size)
+            if cache_mode == "part" and split == "train":
+                self.part_shards = self._group_shards(world_size)
+                held = self.part_shards[rank]
             # filling holds the rows read and then their one buffer: about twice the cache at its peak
             ensure_fits(2 * self._image_bytes() * len(held) // len(self), f"{split} images while filling the cache")
             self._cache = ByteCache(len(self), self._read_rows(held))
@@ -181,6 +186,19 @@ class ParquetDataset(LabeledImageDataset):
             import pyarrow as pa
 
             pa.default_memory_pool().release_unused()  # the row groups read while filling
+
+    def _group_shards(self, world_size: int) -> list[np.ndarray]:
+        """Each rank's training rows with CACHE_MODE part: whole row groups, dealt out in turn (group k of all the
+        shards' groups to rank k mod W), so that filling a rank's cache reads only its own 1/W of the row groups.
+        ShardTrainSampler draws each rank's epoch from them (evaluation keeps the strided rows rank, rank + W, ...,
+        which are the ones it reads)."""
+        group = self._shard.astype(np.int64) * (int(self._group.max()) + 1) + self._group
+        order = np.unique(group, return_inverse=True)[1]  # 0, 1, ... over the row groups in file order
+        shards = [np.flatnonzero(order % world_size == r) for r in range(world_size)]
+        if min(len(s) for s in shards) == 0:
+            raise DataError(f"The training shards hold {int(order.max()) + 1} row groups, fewer than the {world_size} "
+                            "processes that DATA.CACHE_MODE part deals them to; use DATA.CACHE_MODE full (or no).")
+        return shards
 
     def _image_bytes(self) -> int:
         """The image column's size over all shards, uncompressed, from the footers."""

@@ -106,21 +106,24 @@ class RASampler(_TrainSampler):
 
 
 class ShardTrainSampler(_TrainSampler):
-    """A fixed shard per rank (indices rank, rank + W, ...), shuffled within each epoch.
+    """A fixed shard per rank (indices rank, rank + W, ..., or the given `shards`), shuffled within each epoch.
 
-    Used with the zip part-cache, where each rank holds only its shard's bytes (as in the official
-    release). Every rank takes N // W samples per epoch, so all ranks run the same number of steps
-    (the official SubsetRandomSampler can differ by one sample and hang DDP).
+    Used with the part-caches, where each rank holds only its shard's bytes (as in the official release; the parquet
+    layout's shards are whole row groups, data/parquet.py). Every rank takes as many samples per epoch as the smallest
+    shard holds (N // W for the strided ones), so all ranks run the same number of steps (the official
+    SubsetRandomSampler can differ by one sample and hang DDP).
     """
 
-    def __init__(self, num_items: int, world_size: int = 1, rank: int = 0, seed: int = 0) -> None:
+    def __init__(self, num_items: int, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 shards: list[np.ndarray] | None = None) -> None:
         super().__init__(num_items, world_size, rank, seed)
-        self.num_samples = num_items // world_size
+        self.shard = np.arange(rank, num_items, world_size) if shards is None else np.asarray(shards[rank])
+        self.num_samples = num_items // world_size if shards is None else min(len(s) for s in shards)
         if self.num_samples == 0:
             raise ValueError(f"{num_items} images cannot be sharded over {world_size} ranks")
 
     def _indices(self) -> np.ndarray:
-        shard = np.arange(self.rank, self.num_items, self.world_size)
+        shard = self.shard
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(shard), generator=g).numpy()

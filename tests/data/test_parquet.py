@@ -205,3 +205,35 @@ def test_open_shards_are_bounded(sources, monkeypatch):
     expected = _by_bytes(ds)  # reads every shard in turn
     assert len(ds._files) == 2 and len(ds.shards) == 3
     assert _by_bytes(ParquetDataset(out, "train", cache_mode="full")) == expected
+
+
+def test_part_cache_deals_whole_row_groups_and_the_sampler_draws_from_them(sources, monkeypatch):
+    """Training with CACHE_MODE part on 2 ranks: 3 shards x 2 row groups of 2 rows; rank r holds the rows of the row
+    groups 0, 2, 4 (r = 0) or 1, 3, 5 (r = 1), reads only those groups to fill its cache, and its epochs draw from
+    exactly them."""
+    from data.build import _train_sampler
+
+    _, out = sources
+    groups_read = []
+    real = ParquetDataset._row_group
+    monkeypatch.setattr(ParquetDataset, "_row_group", lambda self, s, g: groups_read.append((s, g)) or real(self, s, g))
+    held = []
+    for rank in range(2):
+        groups_read.clear()
+        ds = ParquetDataset(out, "train", cache_mode="part", rank=rank, world_size=2)
+        mine = [i for i in range(len(ds)) if ds.cached(i)]
+        assert mine == [i for i in range(len(ds)) if (i // 2) % 2 == rank]  # row groups dealt in turn
+        assert sorted(set(groups_read)) == [(s, g) for s in range(3) for g in range(2) if (2 * s + g) % 2 == rank]
+        sampler = _train_sampler(make_cfg(DATA__DATASET="imagenet"), ds, rank, 2)
+        for epoch in range(2):
+            sampler.set_epoch(epoch)
+            drawn = [i for i, _ in sampler]
+            assert sorted(drawn) == mine and len(drawn) == sampler.num_samples == 6
+        held += mine
+    assert sorted(held) == list(range(12))  # every row on exactly one rank
+
+
+def test_part_cache_with_more_ranks_than_row_groups_is_one_clear_error(sources):
+    _, out = sources
+    with pytest.raises(DataError, match=r"hold 6 row groups, fewer than the 8 processes .* DATA.CACHE_MODE full"):
+        ParquetDataset(out, "train", cache_mode="part", rank=0, world_size=8)
