@@ -105,14 +105,38 @@ class WindowAttentionV2(nn.Module):
         heads = self.num_heads
         qkv = self._qkv(x).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # 3, B*nW, heads, N, hd
         q, k, v = qkv.unbind(0)  # each B*nW, heads, N, hd
-        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)  # cosine similarity
-        attn = attn * self.scale() + self.relative_bias().unsqueeze(0)  # B*nW, heads, N, N
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)  # cosine similarity: unit queries and keys
+        bias = self.relative_bias().unsqueeze(0)  # 1, heads, N, N
+        if use_sdpa(x):
+            x = self._sdpa(q * self.scale(), k, v, bias, mask)
+        else:
+            attn = q @ k.transpose(-2, -1) * self.scale() + bias  # B*nW, heads, N, N
+            if mask is not None:
+                nw = mask.shape[0]
+                attn = (attn.view(-1, nw, heads, n, n) + mask.unsqueeze(1)).view(b_, heads, n, n)
+            attn = F.dropout(attn.softmax(dim=-1), p=self.attn_drop if self.training else 0.0)
+            x = attn @ v  # B*nW, heads, N, hd
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b_, n, c)))
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+              mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """softmax(q k^T + bias + mask) v in one fused call (q already scaled); windows folded into heads so that the
+        (1, nW * heads, N, N) additive mask broadcasts over the images without being expanded per image."""
+        b_, heads, n, hd = q.shape
         if mask is not None:
             nw = mask.shape[0]
-            attn = (attn.view(-1, nw, heads, n, n) + mask.unsqueeze(1)).view(b_, heads, n, n)
-        attn = F.dropout(attn.softmax(dim=-1), p=self.attn_drop if self.training else 0.0)
-        x = (attn @ v).transpose(1, 2).reshape(b_, n, c)  # B*nW, N, C
-        return self.proj_drop(self.proj(x))
+            bias = (bias + mask.unsqueeze(1)).reshape(1, nw * heads, n, n)  # nW, heads, N, N -> 1, nW*heads, N, N
+            q, k, v = (t.reshape(-1, nw * heads, n, hd) for t in (q, k, v))  # B, nW*heads, N, hd
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
+        return x.reshape(b_, heads, n, hd)
+
+
+def use_sdpa(x: torch.Tensor) -> bool:
+    """The kernel choice: the fused scaled_dot_product_attention on CUDA (its memory-efficient kernel takes the
+    additive bias, so the (N, N) attention matrix is not kept for backward), the eager products elsewhere (on CPU
+    they are as fast, and FLOP counting on the meta device reads them)."""
+    return x.is_cuda
 
 
 class SwinTransformerV2Block(ShiftedWindows):

@@ -44,12 +44,12 @@ exec > >(tee "$OUT/gpu_check.log") 2>&1
 if [ "$DRY" = 1 ]; then
   export GC_DEVICE=cpu GC_MODEL=tiny GC_BATCH=4 GC_IMG=32
   BENCH=(--device cpu --model tiny --batch 2 --iters 1 --repeats 1 --warmup 0 --memory-model tiny)
-  MODELS=(tiny)
+  MODELS=(tiny tiny_v2)
   NPROC=2  # gloo between two CPU processes: the same DDP paths
 else
   export GC_DEVICE=cuda GC_MODEL=swin_tiny_patch4_window7_224 GC_BATCH=64 GC_IMG=64
   BENCH=(--device cuda --batch 128 --iters 5 --repeats 3 --warmup 3)
-  MODELS=(swin_tiny_patch4_window7_224 swin_base_patch4_window7_224)
+  MODELS=(swin_tiny_patch4_window7_224 swin_base_patch4_window7_224 swinv2_tiny_patch4_window8_256)
   NPROC=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))" 2> /dev/null || echo 1)
 fi
 export NPROC
