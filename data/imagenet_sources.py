@@ -70,8 +70,12 @@ def regular_member(archive: str, m: tarfile.TarInfo) -> bool:
 
 
 def image_name(origin: str, name: str) -> str:
-    """The member's file name when it is an image to keep, else '' (with a warning)."""
+    """The member's file name when it is an image to keep, else '' (with a warning). A name the map files cannot
+    hold (a tab, a line break, '@') stops the run before anything of it is written."""
     base = posixpath.basename(name)
+    if any(c in base for c in "\t\r\n@"):
+        raise DataError(f"{origin}: member {name!r} has a tab, line break or '@' in its name, which the zip layout's "
+                        "map files cannot hold; the archive is not an official one.")
     if is_image_file(base) and not base.startswith("."):
         return base
     log.warning("skipping %s:%s: not an image file", origin, name)

@@ -393,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the output cannot be written (permissions, a failing disk): say which file
+        print(f"error: {e.strerror or e} ({e.filename or out}); check that the output folder is writable and "
+              "rerun the same command to continue.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue", file=sys.stderr)
         return 130

@@ -460,3 +460,20 @@ def test_parquet_source_without_shards_is_one_clear_error(tmp_path, capsys):
     os.makedirs(tmp_path / "empty")
     assert prep.main([str(tmp_path / "empty"), str(tmp_path / "out"), "--source", "parquet", "--quiet"]) == 2
     assert "No parquet shards under" in capsys.readouterr().err
+
+
+def test_a_member_name_the_map_cannot_hold_is_refused(tmp_path, capsys):
+    src = write_archives(tmp_path / "download", inner_extra=[_info("evil\tname.JPEG", b"x")])
+    assert prep.main([src, str(tmp_path / "out"), "--zip", "--quiet", *COUNTS]) == 2
+    err = capsys.readouterr().err
+    assert "has a tab, line break or '@' in its name" in err and "n01440764.tar" in err
+
+
+def test_an_unwritable_output_is_one_error_naming_it(archives, tmp_path, capsys, monkeypatch):
+    def denied(m, dst, link):
+        raise PermissionError(13, "Permission denied", dst)
+
+    monkeypatch.setattr(prep, "write_file", denied)
+    assert prep.main([archives, str(tmp_path / "out"), "--quiet", *COUNTS]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Permission denied (") and "n01440764_0.JPEG" in err and err.count("\n") == 1
