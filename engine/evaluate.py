@@ -63,18 +63,27 @@ def _batches_on_every_rank(loader: Iterable) -> int:
     return math.ceil(fewest() / batch_size) if fewest is not None and batch_size else 0
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or, without any, its buffers) live."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable, device: torch.device, amp: AmpPolicy, print_freq: int = 0,
-    prepare: Callable | None = None, stop: Callable[[], int] | None = None,
+    model: nn.Module, loader: Iterable, amp: AmpPolicy, print_freq: int = 0, prepare: Callable | None = None,
+    stop: Callable[[], int] | None = None,
 ) -> EvalResult | None:
-    """Loss, top-1 and top-5 counts of `model` over `loader` on every rank, summed across ranks. `prepare`
-    (Loaders.val_prepare) turns each image batch into the model's input once it is on the device.
+    """Loss, top-1 and top-5 counts of `model` over `loader` on every rank, summed across ranks, on the model's
+    device. `prepare` (Loaders.val_prepare) turns each image batch into the model's input once it is there.
 
     `stop` (StopRequest.agreed, a collective) is asked after each of the batches that every rank has; when a rank
     got a stop signal, evaluation ends there on every rank and None is returned, so a preempted job does not wait
     for the whole validation set."""
-    was_training = model.training
+    was_training, device = model.training, device_of(model)
     model.eval()
     checks = _batches_on_every_rank(loader) if stop is not None else 0
     # float64 sums: exact integer counts up to 2**53 images, and a loss sum that does not drift.

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from engine.checkpoint import atomic_write
+from engine.evaluate import device_of
 from models.build import run_name
 from models.flops import count_flops, count_params
 
@@ -86,16 +87,15 @@ def build_eval_record(
     result: Any,
     checkpoint: str,
     ema: bool,
-    device: torch.device | str,
     extra: Mapping[str, Any] | None = None,
 ) -> dict:
-    """The eval.json record of one evaluation.
+    """The eval.json record of one evaluation (of `model`, on its device).
 
     `result` is the engine's EvalResult or a plain dict with the same fields: loss (mean over images),
     correct1, correct5 (counts summed over ranks) and num_images. Accuracies and errors are percentages
     computed from the counts. `extra` (e.g. world_size, img_per_s) is added last.
     """
-    device = torch.device(device)
+    device = device_of(model)
     n = int(_field(result, "num_images"))
     correct1, correct5 = int(_field(result, "correct1")), int(_field(result, "correct5"))
     if n <= 0:

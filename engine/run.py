@@ -139,13 +139,13 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
     log.info("model %s/%s: %s parameters", cfg.MODEL.TYPE, name,
              f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
     if cfg.THROUGHPUT_MODE:
-        result = measure_throughput(model, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare)
+        result = measure_throughput(model, loaders.val_loader, amp, prepare=loaders.val_prepare)
         with MetricsWriter(run_dir, info.is_main, tensorboard=False) as metrics:
             metrics.write({"kind": "throughput", "step": 0, **result.__dict__})
         return 0
     if cfg.EVAL_MODE:
         return _evaluate_only(cfg, info, derived, model, loaders, amp)
-    return _train(cfg, info, derived, model, loaders, amp, started)
+    return _train(cfg, info, derived, model, loaders, started)
 
 
 # Official keys (and flags) of CUDA/apex kernels this project does not use: accepted, and said once to do nothing.
@@ -260,10 +260,10 @@ def _evaluate_only(cfg: CfgNode, info: DistInfo, derived: Derived, model, loader
                                "the model saved in it, whatever --cfg says.") from None
     else:
         raise ConfigError("EVAL_MODE needs weights: pass --resume <checkpoint> or --pretrained <weights file>.")
-    result = evaluate(model, loaders.val_loader, info.device, amp, prepare=loaders.val_prepare)
+    result = evaluate(model, loaders.val_loader, amp, prepare=loaders.val_prepare)
     _log_eval("eval", result, len(loaders.val_set))
     if info.is_main:
-        record = report.build_eval_record(cfg, model, result, source, used_ema, info.device,
+        record = report.build_eval_record(cfg, model, result, source, used_ema,
                                           extra={"world_size": info.world_size, "amp_dtype": amp.dtype_name})
         report.write_eval_report(derived.run_dir, record)
     return 0
@@ -275,13 +275,13 @@ def _log_eval(name: str, r: EvalResult, expected: int) -> None:
         raise RuntimeError(f"evaluated {r.num_images} images but the validation set has {expected}")
 
 
-def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, amp: AmpPolicy, started: float) -> int:
+def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, started: float) -> int:
     """Build the run, resume it (MODEL.RESUME or the run directory's newest checkpoint), train its epochs."""
     if info.is_main:
         ckpt_io.remove_stale_temp_files(derived.run_dir)
     resume = _resume_path(cfg, info, derived.run_dir)
     _initial_weights(cfg, info, derived, model, resume)
-    run = _build_run(cfg, info, derived, model, loaders, amp)
+    run = _build_run(cfg, info, derived, model, loaders)
     if resume:
         run.state, run.progress = restore_state(ckpt_io.load_checkpoint(resume), resume, run)
         where = (f"epoch {run.state.epoch} after {run.state.epoch_batches} of {run.batches} micro-batches"
@@ -312,9 +312,10 @@ def _initial_weights(cfg: CfgNode, info: DistInfo, derived: Derived, model, resu
                     cfg.TRAIN.BASE_LR, derived.total_batch, derived.base_lr, round(512 / derived.total_batch))
 
 
-def _build_run(cfg: CfgNode, info: DistInfo, derived: Derived, raw, loaders, amp: AmpPolicy) -> Run:
+def _build_run(cfg: CfgNode, info: DistInfo, derived: Derived, raw, loaders) -> Run:
     """The optimizer, the DDP/compile wrapping, the EMA, the scaler and the update step's context, from TRAIN.*;
     the schedule, the metrics writer and the stop check are set once the run's length and files are known."""
+    amp = resolve_amp(cfg, info.device)  # the precision _run logged (a pure function of the config and device)
     optimizer = build_optimizer(cfg, raw, derived.base_lr, info.device)
     model = raw
     if info.world_size > 1:  # also broadcasts rank 0's weights, so build the EMA after this
@@ -372,14 +373,14 @@ def _evaluate(run: Run, model, stoppable: bool = True) -> EvalResult | None:
     """Evaluate `model` on the validation set (None: a stop signal came part way, when `stoppable`)."""
     loaders = run.loaders
     average_batchnorm_statistics(model)  # every rank evaluates with the same BatchNorm statistics
-    return evaluate(model, loaders.val_loader, run.info.device, run.train.amp, prepare=loaders.val_prepare,
+    return evaluate(model, loaders.val_loader, run.train.amp, prepare=loaders.val_prepare,
                     stop=run.train.stop if stoppable else None)
 
 
 def _write_final_report(run: Run, result: EvalResult, used_ema: bool) -> None:
     model = run.train.ema.module if used_ema else run.raw
     record = report.build_eval_record(
-        run.cfg, model, result, run.progress.last_checkpoint, used_ema, run.info.device,
+        run.cfg, model, result, run.progress.last_checkpoint, used_ema,
         extra={"world_size": run.info.world_size, "amp_dtype": run.train.amp.dtype_name,
                "epochs": run.train.total_epochs, "max_accuracy": run.progress.max_accuracy,
                "best_epoch": run.progress.best_epoch},

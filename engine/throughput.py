@@ -12,6 +12,7 @@ from torch import nn
 
 from engine.amp import AmpPolicy
 from engine.distributed import synchronize
+from engine.evaluate import device_of
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,12 @@ class Throughput:
 
 @torch.no_grad()
 def measure_throughput(
-    model: nn.Module, loader: Iterable, device: torch.device, amp: AmpPolicy, warmup: int = 50, iterations: int = 30,
+    model: nn.Module, loader: Iterable, amp: AmpPolicy, warmup: int = 50, iterations: int = 30,
     prepare: Callable | None = None,
 ) -> Throughput:
-    """Images per second of `model` on the first batch of `loader` (forward only, AMP as configured); `prepare`
-    (Loaders.val_prepare) turns the batch into the model's input on the device."""
+    """Images per second of `model` on the first batch of `loader` (forward only, on the model's device, AMP as
+    configured); `prepare` (Loaders.val_prepare) turns the batch into the model's input on the device."""
+    device = device_of(model)
     images = next(iter(loader))[0].to(device, non_blocking=True)
     if prepare is not None:
         images = prepare(images)

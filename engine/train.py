@@ -245,7 +245,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, ctx: TrainContext, state
         stop_signal = ctx.stop() if ctx.stop is not None else 0
         if (ctx.print_freq and (update_idx - 1) % ctx.print_freq == 0) or update_idx == updates or stop_signal:
             now = time.perf_counter()
-            _log_step(ctx, state, meters, update_idx, updates, images_since / max(now - last_time, 1e-9),
+            _log_step(ctx, state, meters, (update_idx, updates), images_since / max(now - last_time, 1e-9),
                       (now - start) / (update_idx - first_update))
             images_since, last_time = 0, time.perf_counter()
         if stop_signal:
@@ -269,9 +269,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, ctx: TrainContext, state
                       skipped=int(bad_total), seconds=seconds, stop_signal=stop_signal)
 
 
-def _log_step(ctx: TrainContext, state: TrainState, meters: _Meters, update_idx: int, updates: int,
-              img_per_s_rank: float, sec_per_update: float) -> None:
-    """Read the device meters (the only host sync between log lines), then log and record them."""
+def _log_step(ctx: TrainContext, state: TrainState, meters: _Meters, at: tuple[int, int], img_per_s_rank: float,
+              sec_per_update: float) -> None:
+    """Read the device meters (the only host sync between log lines), then log and record them; `at` is (updates
+    done, updates in the epoch)."""
+    update_idx, updates = at
     win_sum, win_count, grad_norm, bad_max, bad_total = torch.stack(
         [meters.win_sum, meters.win_count, meters.grad_norm, meters.bad_max, meters.bad_total]
     ).tolist()

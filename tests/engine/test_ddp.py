@@ -40,7 +40,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         ddp = DistributedDataParallel(model, broadcast_buffers=False)
         ctx = sgd_context(model, accumulation_steps=ACC, world_size=WORLD)
         stats = train_one_epoch(ddp, _rank_micro_batches(rank), ctx, TrainState())
-        result = evaluate(model, _val_loader(rank, WORLD), torch.device("cpu"), FP32_CPU)
+        result = evaluate(model, _val_loader(rank, WORLD), FP32_CPU)
         torch.save({"state": model.state_dict(), "eval": result, "updates": stats.updates},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -59,7 +59,7 @@ def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
         assert torch.equal(outs[0]["state"][name], outs[1]["state"][name]), name  # ranks stay identical
         torch.testing.assert_close(outs[0]["state"][name], ref, atol=2e-6, rtol=1e-5, msg=name)
 
-    single = evaluate(model, _val_loader(0, 1), torch.device("cpu"), FP32_CPU)
+    single = evaluate(model, _val_loader(0, 1), FP32_CPU)
     for out in outs:
         ev = out["eval"]
         assert (ev.num_images, ev.correct1, ev.correct5) == (VAL_IMAGES, single.correct1, single.correct5)

@@ -35,7 +35,7 @@ class _Wrapper(nn.Module):  # stands in for DistributedDataParallel, which needs
 def test_record_fields(tiny):
     cfg, model = tiny
     result = EvalResult(loss=1.25, correct1=7, correct5=15, num_images=19)
-    rec = report.build_eval_record(cfg, _Wrapper(model), result, "/runs/ckpt_epoch_3.pth", True, "cpu",
+    rec = report.build_eval_record(cfg, _Wrapper(model), result, "/runs/ckpt_epoch_3.pth", True,
                                    extra={"world_size": 2})
     assert rec["model"] == "swin_micro" and rec["img_size"] == 32
     assert rec["params"] == sum(p.numel() for p in model.parameters())
@@ -55,11 +55,11 @@ def test_record_fields(tiny):
 def test_plain_dict_result_and_empty_evaluation(tiny):
     cfg, model = tiny
     rec = report.build_eval_record(cfg, model, {"loss": 2.0, "correct1": 19, "correct5": 19, "num_images": 19},
-                                   "w.pth", False, torch.device("cpu"))
+                                   "w.pth", False)
     assert rec["top1_acc"] == 100.0 and rec["top1_err"] == 0.0 and rec["ema"] is False
     with pytest.raises(ValueError, match="num_images is 0"):
         report.build_eval_record(cfg, model, {"loss": 0.0, "correct1": 0, "correct5": 0, "num_images": 0},
-                                 "w.pth", False, "cpu")
+                                 "w.pth", False)
 
 
 def test_unwrap_ddp_and_compile(tiny):
@@ -75,7 +75,7 @@ def test_gflops_none_when_counting_fails(tiny, monkeypatch, caplog):
 
     monkeypatch.setattr(report, "count_flops", broken)
     with caplog.at_level(logging.WARNING, logger="engine.report"):
-        rec = report.build_eval_record(cfg, model, EvalResult(1.0, 1, 2, 3), "w.pth", False, "cpu")
+        rec = report.build_eval_record(cfg, model, EvalResult(1.0, 1, 2, 3), "w.pth", False)
     assert rec["gflops"] is None
     assert "no counter for this op" in caplog.text
     assert "| GFLOPs | — |" in report.render_report(rec)
@@ -91,7 +91,7 @@ def test_git_commit_unknown_without_git(monkeypatch):
 
 def test_write_eval_report(tmp_path, tiny):
     cfg, model = tiny
-    rec = report.build_eval_record(cfg, model, EvalResult(0.5, 7, 15, 19), "/r/ckpt_epoch_3.pth", True, "cpu")
+    rec = report.build_eval_record(cfg, model, EvalResult(0.5, 7, 15, 19), "/r/ckpt_epoch_3.pth", True)
     run_dir = tmp_path / "run"
     report.write_eval_report(str(run_dir), rec)
     assert sorted(os.listdir(run_dir)) == ["eval.json", "report.md"]

@@ -163,5 +163,4 @@ def test_uint8_batches_are_prepared_on_the_device():
     _train(b, floats)
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(x, y)
-    cpu = torch.device("cpu")
-    assert evaluate(a, raw, cpu, FP32_CPU, prepare=prepare) == evaluate(a, floats, cpu, FP32_CPU)
+    assert evaluate(a, raw, FP32_CPU, prepare=prepare) == evaluate(a, floats, FP32_CPU)
