@@ -230,21 +230,30 @@ def _validate(cfg: CN) -> None:
 
 # The keys that make a model what it is (MODEL.SWIN.ATTN_IMPL only picks a kernel).
 MODEL_KEYS = ("MODEL.TYPE", "MODEL.NAME", "MODEL.SWIN", "MODEL.SWINV2", "DATA.IMG_SIZE")
-# The inputs the model was trained on; taken from the checkpoint only where the config leaves them empty (the
-# model's own), since a config may choose another normalization or crop on purpose.
+# The inputs the model was trained on; an evaluation takes them from the checkpoint only where the config leaves them
+# empty (the model's own), since a config may choose another normalization or crop on purpose.
 INPUT_KEYS = ("DATA.MEAN", "DATA.STD", "TEST.CROP_PCT")
 
 
 def with_model_of(cfg: CN, saved_yaml: str, source: str) -> tuple[CN, list[str]]:
-    """`cfg` with the model keys of a saved config (a checkpoint's 'config' entry, `source` names it), and its input
-    normalization and crop where `cfg` leaves them empty, and the keys that changed ("MODEL.SWIN.EMBED_DIM 96 ->
-    16"); `cfg` itself when none did."""
+    """`cfg` with the model keys of a saved config (a checkpoint's 'config' entry, `source` names it) and the keys
+    that changed ("MODEL.SWIN.EMBED_DIM 96 -> 16"); `cfg` itself when none did."""
+    return _adopt(cfg, saved_yaml, source, MODEL_KEYS)
+
+
+def with_inputs_of(cfg: CN, saved_yaml: str, source: str) -> tuple[CN, list[str]]:
+    """`cfg` with a saved config's input normalization and crop (INPUT_KEYS) where `cfg` leaves them empty (a timm
+    model's own, filled in when it trained), and the keys that changed."""
+    return _adopt(cfg, saved_yaml, source, tuple(k for k in INPUT_KEYS if not _get(cfg, k)))
+
+
+def _adopt(cfg: CN, saved_yaml: str, source: str, keys: tuple) -> tuple[CN, list[str]]:
     try:
         saved = yaml.safe_load(saved_yaml) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"The config saved in {source} is not valid YAML: {e}") from None
     picked: dict = {}
-    for key in MODEL_KEYS + tuple(k for k in INPUT_KEYS if not _get(cfg, k)):
+    for key in keys:
         section, leaf = key.split(".")
         if isinstance(saved.get(section), dict) and leaf in saved[section]:
             picked.setdefault(section, {})[leaf] = saved[section][leaf]

@@ -30,7 +30,7 @@ from yacs.config import CfgNode
 
 import data
 import models
-from configs import ConfigError, Derived, derive, dump_config, train_dir, with_model_of
+from configs import ConfigError, Derived, derive, dump_config, train_dir, with_inputs_of, with_model_of
 from engine import checkpoint as ckpt_io
 from engine import report
 from engine.amp import AmpPolicy, resolve_amp
@@ -180,7 +180,8 @@ def _with_sync_batchnorm(model: torch.nn.Module, cfg: CfgNode, info: DistInfo) -
 def _model_of_checkpoint_to_evaluate(cfg: CfgNode) -> tuple[CfgNode, list[str]]:
     """--eval --resume of this project's checkpoint evaluates the model it holds: where the config's model keys
     (MODEL.TYPE, MODEL.SWIN.*, DATA.IMG_SIZE) differ from those saved in it, the saved ones (and its MODEL.NAME)
-    replace them; the changed keys are returned for the log. Anything else: the config unchanged."""
+    replace them; the changed keys are returned for the log. The saved DATA.MEAN / DATA.STD / TEST.CROP_PCT fill
+    those the config leaves empty. Anything else: the config unchanged."""
     if not (cfg.EVAL_MODE and cfg.MODEL.RESUME):
         return cfg, []
     saved = _saved_config(cfg.MODEL.RESUME)
@@ -188,8 +189,9 @@ def _model_of_checkpoint_to_evaluate(cfg: CfgNode) -> tuple[CfgNode, list[str]]:
         return cfg, []
     adopted, changed = with_model_of(cfg, saved, cfg.MODEL.RESUME)
     if all(c.startswith("MODEL.NAME ") for c in changed):  # the same model under another name: keep this run's
-        return cfg, []
-    return adopted, changed
+        adopted, changed = cfg, []
+    # and the inputs it was trained on where the config leaves them empty (not a change of model: not reported)
+    return with_inputs_of(adopted, saved, cfg.MODEL.RESUME)[0], changed
 
 
 def _saved_config(path: str) -> str | None:

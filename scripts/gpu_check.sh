@@ -11,6 +11,8 @@
 #   (2) sdpa_kernels: our attention through each SDPA kernel (math, efficient, flash, cudnn) and the default
 #       dispatch against the eager path on the same weights, fp32 and bf16: logits (train and eval) and the
 #       bias-table gradient asserted within stated tolerances for every kernel that runs
+#   (2b) swinv2_sdpa: SwinV2's fused attention (what it runs on CUDA) against its eager products, fp32 and bf16:
+#       logits and gradients
 #   (3) ddp_torchrun: torchrun main.py with one process per GPU (nccl; DDP, no_sync, the bucket all-reduce and the
 #       stop agreement between peers when there are several): tiny synthetic run, 2 epochs, eval.json written
 #   (4) preempt_resume: SIGTERM to torchrun part way through an epoch, the same command resumes from the mid-epoch
@@ -21,7 +23,8 @@
 #   (5b) sync_bn: MODEL.SYNC_BN (SyncBatchNorm) through torchrun on 2 or more GPUs, eval.json written
 #   (6) uint8_input / uint8_main: DeviceNormalize on the GPU against the CPU (bitwise), RandomErasing on the GPU,
 #       and main.py for one epoch on a tiny JPEG folder
-#   (7) speed: scripts/benchmark.py for Swin-T and Swin-B side by side with timm and torchvision (JSON in $OUT),
+#   (7) speed: scripts/benchmark.py for Swin-T, Swin-B and SwinV2-T side by side with timm and torchvision (JSON in
+#       $OUT),
 #       torch.compile of our model (logits against eager, a timed bf16 step), then, time allowing, the benchmark
 #       with ours_compiled and tests/engine/gpu_engine_check.py
 # Exit status: non-zero when a correctness step (1-6) failed or was skipped (the budget ran out before it), or
@@ -54,8 +57,8 @@ else
 fi
 export NPROC
 PASSED=() FAILED=() SKIPPED=() NOT_APPLICABLE=()
-CORRECTNESS=(eval_after_training sdpa_kernels ddp_torchrun preempt_resume deterministic amp_bf16 amp_fp16 sync_bn
-             uint8_input uint8_main)
+CORRECTNESS=(eval_after_training sdpa_kernels swinv2_sdpa ddp_torchrun preempt_resume deterministic amp_bf16 amp_fp16
+             sync_bn uint8_input uint8_main)
 
 # every process a step started: its command line names $WORK (scripts and run directories live there)
 reap() { pkill -KILL -f -- "$WORK" 2> /dev/null; sleep 1; pkill -KILL -f -- "$WORK" 2> /dev/null; true; }
@@ -164,6 +167,7 @@ check eval_after_training 90 "${PYTEST[@]}" "$GPU_TESTS::test_eval_after_trainin
 
 # (2) SDPA kernels against eager attention
 check sdpa_kernels 90 "${PYTEST[@]}" "$GPU_TESTS::test_sdpa_kernels"
+check swinv2_sdpa 90 "${PYTEST[@]}" "$GPU_TESTS::test_swinv2_sdpa"
 
 # (3) DDP through torchrun, one process per GPU (nccl), 2 epochs of a tiny synthetic run
 if needs_yacs ddp_torchrun; then

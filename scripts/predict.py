@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as `python scripts/predict.py`: make the re
 import torch  # noqa: E402
 from yacs.config import CfgNode  # noqa: E402
 
-from configs import ConfigError, get_config  # noqa: E402
+from configs import ConfigError, get_config, with_inputs_of  # noqa: E402
 from data import DataError, build_transform  # noqa: E402
 from data.folder import list_classes  # noqa: E402
 from data.images import decode_rgb, is_image_file  # noqa: E402
@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         ckpt = load_checkpoint(args.resume)
-        cfg, _ = with_own_input_config(load_config(args.cfg, ckpt, args.resume, args.opts))
+        cfg = load_config(args.cfg, ckpt, args.resume, args.opts)
+        if args.cfg and isinstance(ckpt.get("config"), str):  # the inputs it trained on, where --cfg leaves them empty
+            cfg, _ = with_inputs_of(cfg, ckpt["config"], args.resume)
+        cfg, _ = with_own_input_config(cfg)
         files = [f for path in args.images for f in image_files(path)]
         device = resolve_device(args.device)
         model = build_model(cfg, device)

@@ -8,7 +8,7 @@ import sys
 import pytest
 from yacs.config import CfgNode
 
-from configs import ConfigError, derive, dump_config, get_config, train_dir, with_model_of
+from configs import ConfigError, derive, dump_config, get_config, train_dir, with_inputs_of, with_model_of
 from main import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -281,17 +281,18 @@ def test_with_model_of_takes_only_the_model_keys_of_a_saved_config():
         with_model_of(cfg, "MODEL:\n  SWIN:\n    WINDOW_SIZES: 7\n", "ck.pth")
 
 
-def test_with_model_of_takes_the_saved_inputs_only_where_the_config_leaves_them_empty():
+def test_the_saved_inputs_are_taken_only_where_the_config_leaves_them_empty():
     """A timm model's own normalization and crop, filled in and saved at training time, are what its evaluation
-    uses; a config that sets them on purpose keeps its own."""
+    uses (with_inputs_of); a config that sets them on purpose keeps its own; with_model_of leaves them alone."""
     saved = get_config(None, ["MODEL.TYPE", "timm", "MODEL.NAME", "vit_base_patch16_224", "DATA.MEAN", "[0.5, 0.5, 0.5]",
                               "DATA.STD", "[0.5, 0.5, 0.5]", "TEST.CROP_PCT", "0.9"])
     empty = get_config(None, ["MODEL.TYPE", "timm", "MODEL.NAME", "vit_base_patch16_224", "EVAL_MODE", "True"])
-    new, changed = with_model_of(empty, dump_config(saved), "ck.pth")
+    assert with_model_of(empty, dump_config(saved), "ck.pth") == (empty, [])  # the same model
+    new, changed = with_inputs_of(empty, dump_config(saved), "ck.pth")
     assert changed == ["DATA.MEAN [] -> [0.5, 0.5, 0.5]", "DATA.STD [] -> [0.5, 0.5, 0.5]", "TEST.CROP_PCT 0.0 -> 0.9"]
     assert (list(new.DATA.MEAN), new.TEST.CROP_PCT) == ([0.5, 0.5, 0.5], 0.9)
     chosen = get_config(None, ["MODEL.TYPE", "timm", "MODEL.NAME", "vit_base_patch16_224", "TEST.CROP_PCT", "1.0"])
-    new, changed = with_model_of(chosen, dump_config(saved), "ck.pth")
+    new, changed = with_inputs_of(chosen, dump_config(saved), "ck.pth")
     assert new.TEST.CROP_PCT == 1.0 and "TEST.CROP_PCT 1.0 -> 0.9" not in changed
 
 

@@ -178,3 +178,22 @@ def test_deterministic_option_runs_and_is_switched_off_after_the_run(tmp_path):
     a, b = (torch.load(runs / t / "ckpt_epoch_1.pth", weights_only=True, map_location="cpu")["model"] for t in "ab")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_eval_of_a_checkpoint_takes_its_inputs_without_calling_it_another_model(monkeypatch):
+    """A checkpoint saved with its filled-in inputs (a timm model's own), evaluated with a config that leaves them
+    empty: the saved inputs are used, nothing is reported as a model change, and a checkpoint of the same model under
+    another name keeps this run's name."""
+    import importlib
+
+    from configs import dump_config, get_config
+
+    run_module = importlib.import_module("engine.run")
+    saved = get_config(None, ["MODEL.TYPE", "timm", "MODEL.NAME", "other_name", "TEST.CROP_PCT", "0.9",
+                              "DATA.MEAN", "[0.5, 0.5, 0.5]", "DATA.STD", "[0.5, 0.5, 0.5]"])
+    monkeypatch.setattr(run_module, "_saved_config", lambda path: dump_config(saved))
+    cfg = get_config(None, ["MODEL.TYPE", "timm", "MODEL.NAME", "my_name", "EVAL_MODE", "True",
+                            "MODEL.RESUME", "ck.pth"])
+    evaluated, changed = run_module._model_of_checkpoint_to_evaluate(cfg)
+    assert changed == [] and evaluated.MODEL.NAME == "my_name"
+    assert (evaluated.TEST.CROP_PCT, list(evaluated.DATA.MEAN)) == (0.9, [0.5, 0.5, 0.5])

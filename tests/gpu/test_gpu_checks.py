@@ -104,8 +104,9 @@ def test_sdpa_kernels():
             d = [(a - b).abs().max().item() for a, b in zip(got, ref)]
             good = d[0] <= tol * scale and d[2] <= tol * scale and d[1] <= gtol * gscale
             ok &= good  # every kernel that runs our attention must match it
-            report[f"{dname} {backend}"] = (f"logits max|diff| train {d[0]:.2e} eval {d[2]:.2e} (|logits| {scale:.2f}), "
-                                            f"bias grad {d[1]:.2e} (|grad| {gscale:.2e}) {'ok' if good else 'MISMATCH'}")
+            report[f"{dname} {backend}"] = (
+                f"logits max|diff| train {d[0]:.2e} eval {d[2]:.2e} (|logits| {scale:.2f}), "
+                f"bias grad {d[1]:.2e} (|grad| {gscale:.2e}) {'ok' if good else 'MISMATCH'}")
     for k, v in report.items():
         print(f"{k:<28} {v}")
     fused = [k for k, v in report.items() if k.startswith("bf16") and "MATH" not in k and v.endswith(" ok")]
@@ -242,10 +243,44 @@ def test_preempt_resume():
     assert launch("cut").wait(timeout=600) == 0, "the resumed run failed"
     last = sorted(glob.glob(os.path.join(_run_dir("full"), "ckpt_epoch_*.pth")))[-1]
     a = torch.load(last, map_location="cpu", weights_only=True)["model"]
-    b = torch.load(os.path.join(_run_dir("cut"), os.path.basename(last)), map_location="cpu", weights_only=True)["model"]
+    b = torch.load(os.path.join(_run_dir("cut"), os.path.basename(last)), map_location="cpu",
+                   weights_only=True)["model"]
     diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     scale = max(a[k].float().abs().max().item() for k in a)
     print(f"final weights, resumed vs uninterrupted: max|diff| {diff:.2e} (max|w| {scale:.2f})")
     if dev == "cpu":
         assert diff == 0, "a resumed CPU run must end bitwise equal to the uninterrupted one"
     assert diff <= 1e-3 * scale, "the resumed run drifted from the uninterrupted one beyond GPU nondeterminism"
+
+
+def test_swinv2_sdpa():
+    """SwinV2's fused attention (what it runs on CUDA) against its eager products on the device, same weights:
+    logits and gradients in float32 and under bf16 autocast."""
+    import models.swinv2 as swinv2
+
+    dev = torch.device(os.environ["GC_DEVICE"])
+    arch = B.arch_of("tiny_v2" if dev.type == "cpu" else "swinv2_tiny_patch4_window8_256")
+    torch.manual_seed(0)
+    model = B.build("ours", arch, dev, drop_path=0.0)
+    x = torch.randn(4, 3, arch["img_size"], arch["img_size"], device=dev)
+    y = torch.randint(arch["num_classes"], (4,), device=dev)
+    real = swinv2.use_sdpa
+
+    def run(fused, dtype):
+        swinv2.use_sdpa = lambda t: fused
+        try:
+            model.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = model(x)
+                F.cross_entropy(out.float(), y).backward()
+        finally:
+            swinv2.use_sdpa = real
+        grads = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
+        return out.float().detach(), grads
+
+    for name, dtype, tol in (("fp32", None, 1e-3), ("bf16", torch.bfloat16, 0.1)):
+        (eager, g_eager), (fused, g_fused) = run(False, dtype), run(True, dtype)
+        d, g = (fused - eager).abs().max().item(), (g_fused - g_eager).abs().max().item()
+        scale, gscale = max(eager.abs().max().item(), 1.0), max(g_eager.abs().max().item(), 1e-12)
+        print(f"{name}: logits max|diff| {d:.2e} (|logits| {scale:.2f}), gradients {g:.2e} (|grad| {gscale:.2e})")
+        assert d <= tol * scale and g <= 10 * tol * gscale, f"SwinV2 fused attention differs from eager in {name}"

@@ -155,3 +155,14 @@ def test_a_timm_model_gets_its_own_normalization_and_crop(tmp_path, capsys, monk
     assert predict.main(["--cfg", str(cfg_file), "--resume", str(tmp_path / "vit.pth"), files[0], "--device", "cpu"]) == 0
     own = timm.models.get_pretrained_cfg("vit_tiny_patch16_224")
     assert list(seen[0].DATA.MEAN) == list(own.mean) == [0.5, 0.5, 0.5] and seen[0].TEST.CROP_PCT == own.crop_pct
+
+
+def test_with_cfg_the_checkpoints_inputs_fill_what_it_leaves_empty(tmp_path, monkeypatch):
+    _, _, ckpt = _checkpoint(tmp_path, ["TEST.CROP_PCT", "0.9", "DATA.MEAN", "[0.5, 0.5, 0.5]"])
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(dump_config(get_config(None, TINY + ["DATA.MEAN", "[0.4, 0.4, 0.4]"])))  # its own mean
+    seen = []
+    monkeypatch.setattr(predict, "build_transform", lambda train, cfg: seen.append(cfg) or build_transform(train, cfg))
+    files = _images(str(tmp_path / "imgs"), 1)
+    assert predict.main(["--cfg", str(cfg_file), "--resume", ckpt, files[0], "--device", "cpu"]) == 0
+    assert seen[0].TEST.CROP_PCT == 0.9 and list(seen[0].DATA.MEAN) == [0.4, 0.4, 0.4]
