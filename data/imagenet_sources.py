@@ -179,8 +179,8 @@ class ArchiveSource:
                     yield Member(wnid, name, im.size, im.mtime, f"{label}:{im.name}", inner.extractfile(im))
         expected = self.train_counts.get(wnid)
         if expected is not None and n != expected:
-            raise DataError(f"{label} holds {n} images, the devkit lists {expected} for {wnid}: the archive is damaged; "
-                            "download it again and rerun the same command (finished classes are kept).")
+            raise DataError(f"{label} holds {n} images, the devkit lists {expected} for {wnid}: the archive is "
+                            "damaged; download it again and rerun the same command (finished classes are kept).")
 
     def _val(self, path: str, tf: tarfile.TarFile) -> Iterator[Member]:
         n = 0
@@ -320,8 +320,8 @@ class ParquetSource:
         stem, mtime = os.path.basename(path).split(".")[0], os.path.getmtime(path)
         for row, (data, label, stored) in enumerate(shard_rows(path)):
             if not 0 <= label < len(self.wnids):
-                raise DataError(f"{path} row {row} has label {label}, outside 0..{len(self.wnids) - 1}: a split without "
-                                "labels (such as test) cannot be prepared.")
+                raise DataError(f"{path} row {row} has label {label}, outside 0..{len(self.wnids) - 1}: a split "
+                                "without labels (such as test) cannot be prepared.")
             ext = os.path.splitext(stored)[1] if stored and is_image_file(stored) else ".JPEG"
             yield Member(self.wnids[label], f"{stem}_{row:07d}{ext}", len(data), mtime, f"{path} row {row}",
                          io.BytesIO(data))

@@ -90,7 +90,8 @@ def _image_column(pf, path: str) -> str:
     kind = schema.field("image").type
     if pa.types.is_struct(kind):
         if kind.get_field_index("bytes") < 0:
-            raise DataError(f"{path}: column image is a struct without a bytes field ({kind}); expected {PARQUET_LAYOUT}.")
+            raise DataError(f"{path}: column image is a struct without a bytes field ({kind}); "
+                            f"expected {PARQUET_LAYOUT}.")
         return "image.bytes"
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         return "image"
@@ -134,7 +135,7 @@ class ParquetDataset(LabeledImageDataset):
         self.shards = find_shards(root, split)
         if not self.shards:
             raise DataError(f"No {split} shards under {root}; expected {PARQUET_LAYOUT}.")
-        shard_of, group_of, row_of, labels, self.classes = [], [], [], [], None
+        shard_of, group_of, row_of, id_of, labels, self.classes = [], [], [], [], [], None
         for s, path in enumerate(self.shards):
             pf = _open(path)
             column = _image_column(pf, path)
@@ -145,19 +146,21 @@ class ParquetDataset(LabeledImageDataset):
                 shard_of.append(np.full(rows, s, dtype=np.int32))
                 group_of.append(np.full(rows, g, dtype=np.int32))
                 row_of.append(np.arange(rows, dtype=np.int32))
+                id_of.append(np.full(rows, len(id_of), dtype=np.int32))  # row groups numbered over all shards
             pf.close()
         self._column = column
         self._shard = np.concatenate(shard_of)  # per row: its shard, row group and place in the row group
         self._group = np.concatenate(group_of)
         self._row = np.concatenate(row_of)
+        self._group_id = np.concatenate(id_of)
+        rows_per_group = np.bincount(self._group_id)
         self._labels = np.concatenate(labels)
         if not len(self._labels):
             raise DataError(f"The {split} shards under {root} hold no rows; expected {PARQUET_LAYOUT}.")
         self.num_classes = self._num_classes(root, split)
         self._check_labels()
         # under DATA.ON_CORRUPT skip a damaged row group's rows are skipped one by one: allow a whole group of them
-        self.max_consecutive_corrupt = max(self.max_consecutive_corrupt, int(np.bincount(
-            self._shard.astype(np.int64) * (int(self._group.max()) + 1) + self._group).max()) + 1)
+        self.max_consecutive_corrupt = max(self.max_consecutive_corrupt, int(rows_per_group.max()) + 1)
         self._bad_groups: set[tuple[int, int]] = set()
         self._files: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._files_pid = -1
@@ -165,12 +168,11 @@ class ParquetDataset(LabeledImageDataset):
         self._group_values = None
         self.cache_mode = cache_mode
         self._cache = ByteCache(len(self))
-        rows_per_group = len(self) / len(np.unique(self._shard.astype(np.int64) << 32 | self._group))
-        if cache_mode == "no" and split == "train" and rows_per_group > 8:
+        if cache_mode == "no" and split == "train" and rows_per_group.mean() > 8:
             log.warning("DATA.CACHE_MODE no: each training image read from the parquet shards decodes its whole row "
                         "group (%.0f rows on average), which costs more than decoding the image; hold the shards in "
                         "memory (DATA.CACHE_MODE part or full) or write the zip layout with "
-                        "scripts/prepare_imagenet.py.", rows_per_group, extra={"once_per_job": True})
+                        "scripts/prepare_imagenet.py.", rows_per_group.mean(), extra={"once_per_job": True})
         self.part_shards: list[np.ndarray] | None = None  # every rank's training rows with CACHE_MODE part
         if cache_mode != "no":
             held = cached_indices(cache_mode, len(self), rank, world_size)
@@ -192,12 +194,11 @@ class ParquetDataset(LabeledImageDataset):
         shards' groups to rank k mod W), so that filling a rank's cache reads only its own 1/W of the row groups.
         ShardTrainSampler draws each rank's epoch from them (evaluation keeps the strided rows rank, rank + W, ...,
         which are the ones it reads)."""
-        group = self._shard.astype(np.int64) * (int(self._group.max()) + 1) + self._group
-        order = np.unique(group, return_inverse=True)[1]  # 0, 1, ... over the row groups in file order
-        shards = [np.flatnonzero(order % world_size == r) for r in range(world_size)]
+        shards = [np.flatnonzero(self._group_id % world_size == r) for r in range(world_size)]
         if min(len(s) for s in shards) == 0:
-            raise DataError(f"The training shards hold {int(order.max()) + 1} row groups, fewer than the {world_size} "
-                            "processes that DATA.CACHE_MODE part deals them to; use DATA.CACHE_MODE full (or no).")
+            raise DataError(f"The training shards hold {int(self._group_id.max()) + 1} row groups, fewer than the "
+                            f"{world_size} processes that DATA.CACHE_MODE part deals them to; use DATA.CACHE_MODE full "
+                            "(or no).")
         return shards
 
     def _image_bytes(self) -> int:
@@ -324,7 +325,8 @@ def shard_rows(path: str) -> Iterator[tuple[bytes, int, str]]:
 
 
 def write_shards(items: list[tuple[bytes, int]], out_dir: str, split: str, num_shards: int = 1,
-                 rows_per_group: int = 100, class_names: list[str] | None = None, compression: str = "snappy") -> list[str]:
+                 rows_per_group: int = 100, class_names: list[str] | None = None,
+                 compression: str = "snappy") -> list[str]:
     """Write (encoded image, label) rows as the Hub's layout writes them: out_dir/data/{split}-0000i-of-0000n.parquet,
     an `image` struct {bytes, path} column, an int64 `label` column, the `datasets` ClassLabel names in the
     metadata, row groups of `rows_per_group` rows (the Hub's image data sets use 100), dictionary-encoded. Each

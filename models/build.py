@@ -87,7 +87,8 @@ def run_name(cfg: Any) -> Tuple[str, List[str]]:
     expected = {**defaults, **table[claimed].kwargs()}
     actual = swin_kwargs(cfg) if family == "swin" else swinv2_kwargs(cfg)
     if family == "swinv2":  # None and zeros both mean "this model's own window"
-        expected["pretrained_window_sizes"] = tuple(expected["pretrained_window_sizes"] or (0,) * len(expected["depths"]))
+        windows = expected["pretrained_window_sizes"]
+        expected["pretrained_window_sizes"] = tuple(windows or (0,) * len(expected["depths"]))
     changes = [f"{_config_key(k, section)} {_plain(actual[k])} ({claimed} has {_plain(expected[k])})"
                for k in keys if _plain(actual[k]) != _plain(expected[k])]
     if not changes:

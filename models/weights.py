@@ -217,7 +217,8 @@ def load_weights(
                 more = f" ... and {len(keys) - 5} more" if len(keys) > 5 else ""
                 parts.append(f"{title} ({len(keys)}): " + "; ".join(keys[:5]) + more)
         parts.append(f"check the architecture (the {_arch_keys(model)} keys: pass the --cfg the weights were trained "
-                     "with), or train from them with --pretrained, which adapts another window size, image size or head")
+                     "with), or train from them with --pretrained, which adapts another window size, image size or "
+                     "head")
         raise WeightsError("\n".join(parts))
     model.load_state_dict({k: sd[k] for k in target}, strict=True)
     report.loaded = [k for k in target if k not in report.reinitialized]

@@ -41,7 +41,8 @@ IMPLS = ("ours", "ours_eager", "ours_sdpa", "ours_compiled", "timm", "torchvisio
 
 # a test-sized architecture (not a paper model) so the whole benchmark runs in seconds
 TINY = dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=32, patch_size=4, num_classes=10)
-TINY_V2 = dict(TINY, pretrained_window_sizes=(0, 0))  # the same shape as SwinV2 (a SwinV2 arch names its pretrained windows)
+# the same shape as SwinV2 (an architecture that names its pretrained windows is a SwinV2 one)
+TINY_V2 = dict(TINY, pretrained_window_sizes=(0, 0))
 
 
 def is_v2(arch: Dict[str, Any]) -> bool:
