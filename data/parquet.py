@@ -136,13 +136,17 @@ class ParquetDataset(LabeledImageDataset):
         if not self.shards:
             raise DataError(f"No {split} shards under {root}; expected {PARQUET_LAYOUT}.")
         shard_of, group_of, row_of, id_of, labels, self.classes = [], [], [], [], [], None
+        image_bytes = 0  # the image column's size over all shards, uncompressed, from the footers
         for s, path in enumerate(self.shards):
             pf = _open(path)
             column = _image_column(pf, path)
             self.classes = self.classes or _class_names(pf)
             labels.append(_labels(pf, path))
             for g in range(pf.metadata.num_row_groups):
-                rows = pf.metadata.row_group(g).num_rows
+                group = pf.metadata.row_group(g)
+                rows = group.num_rows
+                image_bytes += sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
+                                   if group.column(c).path_in_schema == column)
                 shard_of.append(np.full(rows, s, dtype=np.int32))
                 group_of.append(np.full(rows, g, dtype=np.int32))
                 row_of.append(np.arange(rows, dtype=np.int32))
@@ -180,7 +184,7 @@ class ParquetDataset(LabeledImageDataset):
                 self.part_shards = self._group_shards(world_size)
                 held = self.part_shards[rank]
             # filling holds the rows read and then their one buffer: about twice the cache at its peak
-            ensure_fits(2 * self._image_bytes() * len(held) // len(self), f"{split} images while filling the cache")
+            ensure_fits(2 * image_bytes * len(held) // len(self), f"{split} images while filling the cache")
             self._cache = ByteCache(len(self), self._read_rows(held))
             log.info("Cached %d images (%.1f MiB) from %d %s shards (%s mode)", len(self._cache),
                      self._cache.nbytes / 2**20, len(self.shards), split, cache_mode)
@@ -200,17 +204,6 @@ class ParquetDataset(LabeledImageDataset):
                             f"{world_size} processes that DATA.CACHE_MODE part deals them to; use DATA.CACHE_MODE full "
                             "(or no).")
         return shards
-
-    def _image_bytes(self) -> int:
-        """The image column's size over all shards, uncompressed, from the footers."""
-        total = 0
-        for path in self.shards:
-            meta = _open(path).metadata
-            for g in range(meta.num_row_groups):
-                group = meta.row_group(g)
-                total += sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
-                             if group.column(c).path_in_schema in ("image", "image.bytes"))
-        return total
 
     def _num_classes(self, root: str, split: str) -> int:
         if self.classes:
