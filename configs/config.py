@@ -196,7 +196,7 @@ def _validate(cfg: CN) -> None:
     training = not (cfg.EVAL_MODE or cfg.THROUGHPUT_MODE)
     if training and sched.NAME == "cosine" and cfg.TRAIN.EPOCHS <= (cfg.TRAIN.WARMUP_EPOCHS if sched.WARMUP_PREFIX else 0):
         raise ConfigError(
-            f"TRAIN.WARMUP_EPOCHS {cfg.TRAIN.WARMUP_EPOCHS} >= TRAIN.EPOCHS {cfg.TRAIN.EPOCHS} leaves no cosine decay: "
+            f"TRAIN.WARMUP_EPOCHS {cfg.TRAIN.WARMUP_EPOCHS:g} >= TRAIN.EPOCHS {cfg.TRAIN.EPOCHS} leaves no cosine decay: "
             f"lower TRAIN.WARMUP_EPOCHS (e.g. --opts TRAIN.WARMUP_EPOCHS {max(cfg.TRAIN.EPOCHS // 10, 0)}) or raise "
             "TRAIN.EPOCHS."
         )
@@ -211,12 +211,6 @@ def _validate(cfg: CN) -> None:
                           f"{cfg.TEST.CROP_PCT}.")
     if cfg.TRAIN.TIME_BUDGET < 0:
         raise ConfigError(f"TRAIN.TIME_BUDGET is in minutes and must be >= 0 (0: off), got {cfg.TRAIN.TIME_BUDGET}.")
-    if cfg.TRAIN.TIME_BUDGET > 0 and cfg.TRAIN.LR_SCHEDULER.NAME == "cosine" and cfg.TRAIN.WARMUP_EPOCHS < 1:
-        raise ConfigError(
-            f"TRAIN.TIME_BUDGET fits the cosine schedule to the time left after the first epoch, whose learning "
-            f"rates must not depend on the run's length: set TRAIN.WARMUP_EPOCHS >= 1 (it is "
-            f"{cfg.TRAIN.WARMUP_EPOCHS}), or TRAIN.TIME_BUDGET 0."
-        )
     for node in ("SWIN", "SWINV2"):
         arch = cfg.MODEL[node]
         if len(arch.DEPTHS) != len(arch.NUM_HEADS):

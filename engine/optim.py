@@ -124,6 +124,7 @@ class LRSchedule:
     decay_steps: int = 1  # step: updates between decays
     decay_rate: float = 0.1  # step: factor per decay; multistep: factor per milestone
     milestones: tuple[int, ...] = field(default_factory=tuple)  # multistep: update indices
+    hold_steps: int = 0  # cosine: the peak rate lasts until this update and the decay runs over the rest
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer update `step` (0-based over the whole run)."""
@@ -135,6 +136,10 @@ class LRSchedule:
         if self.name == "step":
             return self.base_lr * (self.decay_rate ** (t // self.decay_steps))
         length = self.total_steps - self.warmup_steps if self.warmup_prefix else self.total_steps
+        if self.hold_steps > self.warmup_steps:
+            if step < self.hold_steps:
+                return self.base_lr
+            t, length = step - self.hold_steps, self.total_steps - self.hold_steps
         if t >= length:  # past the single cycle (timm: cycle_limit=1)
             return self.min_lr
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * t / length))
@@ -142,22 +147,27 @@ class LRSchedule:
 
 def build_schedule(cfg: CfgNode, derived: Derived, updates_per_epoch: int, epochs: int | None = None) -> LRSchedule:
     """The schedule of TRAIN.LR_SCHEDULER with the linearly scaled rates of `derived`, over `epochs` (default
-    TRAIN.EPOCHS; fewer when TRAIN.TIME_BUDGET planned them)."""
+    TRAIN.EPOCHS; fewer when TRAIN.TIME_BUDGET planned them).
+
+    Under TRAIN.TIME_BUDGET the run's length is fixed after the first epoch, so the first epoch's rates must not
+    depend on it: a cosine decay starts at the end of the warmup or of the first epoch, whichever is later (with a
+    warmup shorter than an epoch, the peak rate holds for the rest of the first epoch)."""
     sched = cfg.TRAIN.LR_SCHEDULER
     epochs = cfg.TRAIN.EPOCHS if epochs is None else epochs
     total = int(epochs * updates_per_epoch)
     warmup = int(cfg.TRAIN.WARMUP_EPOCHS * updates_per_epoch)
+    hold = updates_per_epoch if cfg.TRAIN.TIME_BUDGET > 0 and warmup < updates_per_epoch else 0
     common = dict(
         name=sched.NAME, base_lr=derived.base_lr, warmup_lr=derived.warmup_lr, min_lr=derived.min_lr,
         total_steps=total, warmup_steps=warmup, warmup_prefix=bool(sched.WARMUP_PREFIX),
     )
     if sched.NAME == "cosine":
-        if (total - warmup if sched.WARMUP_PREFIX else total) <= 0:
+        if (total - max(warmup, hold) if sched.WARMUP_PREFIX or hold else total) <= 0:
             raise ConfigError(
                 f"TRAIN.EPOCHS {epochs} leaves no cosine decay after TRAIN.WARMUP_EPOCHS "
-                f"{cfg.TRAIN.WARMUP_EPOCHS}; make EPOCHS larger than WARMUP_EPOCHS."
+                f"{cfg.TRAIN.WARMUP_EPOCHS:g}; make EPOCHS larger than WARMUP_EPOCHS."
             )
-        return LRSchedule(**common)
+        return LRSchedule(**common, hold_steps=hold)
     if sched.NAME == "step":
         decay = int(sched.DECAY_EPOCHS * updates_per_epoch)
         if decay <= 0:
@@ -168,7 +178,7 @@ def build_schedule(cfg: CfgNode, derived: Derived, updates_per_epoch: int, epoch
         if milestones and warmup > milestones[0]:
             raise ConfigError(
                 f"TRAIN.LR_SCHEDULER.MULTISTEPS {list(sched.MULTISTEPS)} has a milestone inside the "
-                f"{cfg.TRAIN.WARMUP_EPOCHS} warmup epochs; move it after the warmup."
+                f"{cfg.TRAIN.WARMUP_EPOCHS:g} warmup epochs; move it after the warmup."
             )
         return LRSchedule(**common, decay_rate=sched.GAMMA, milestones=milestones)
     raise ConfigError(f"TRAIN.LR_SCHEDULER.NAME {sched.NAME!r} is not supported; choose cosine, step or multistep.")

@@ -471,12 +471,12 @@ def _save_and_stop(run: Run, signum: int, evaluated: bool = True) -> None:
 
 def _fit_to_budget(run: Run, epoch_s: float) -> None:
     """TRAIN.TIME_BUDGET: fix the run's length to the epochs that fit the time left, from rank 0's measurement of
-    the epoch just finished (`epoch_s`, so every rank agrees), and the schedule over that length. The epochs so
-    far were warmup (the config requires it), whose learning rates do not depend on the length."""
+    the epoch just finished (`epoch_s`, so every rank agrees), and the schedule over that length. The first epoch's
+    learning rates did not depend on the length: its decay starts after it (engine.optim.build_schedule)."""
     cfg, progress = run.cfg, run.progress
     budget_s = cfg.TRAIN.TIME_BUDGET * 60
     elapsed = time.monotonic() - progress.started
-    min_epochs = math.ceil(cfg.TRAIN.WARMUP_EPOCHS) + 1
+    min_epochs = max(math.ceil(cfg.TRAIN.WARMUP_EPOCHS), 1) + 1
     epochs = broadcast_object(epochs_within_budget(budget_s, elapsed, epoch_s, run.state.epoch + 1, min_epochs,
                                                    cfg.TRAIN.EPOCHS))
     progress.planned_epochs = epochs

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -27,12 +28,33 @@ def test_epochs_within_budget():
     assert epochs_within_budget(200, 100, 0, 1, 2, 20) == 20
 
 
-def test_budget_needs_a_warmup_epoch_for_cosine():
-    with pytest.raises(ConfigError, match="TRAIN.WARMUP_EPOCHS >= 1"):
-        get_config(None, ["TRAIN.TIME_BUDGET", "10", "TRAIN.WARMUP_EPOCHS", "0"])
+def test_budget_rejects_negative_minutes():
     with pytest.raises(ConfigError, match="minutes and must be >= 0"):
         get_config(None, ["TRAIN.TIME_BUDGET", "-1"])
-    get_config(None, ["TRAIN.TIME_BUDGET", "10", "TRAIN.WARMUP_EPOCHS", "0", "TRAIN.LR_SCHEDULER.NAME", "step"])
+
+
+@pytest.mark.parametrize("warmup", ["0", "0.25", "1", "2"])
+def test_under_a_budget_the_first_epoch_rates_do_not_depend_on_the_length(warmup):
+    updates = 8
+    cfg = get_config(None, ["TRAIN.TIME_BUDGET", "10", "TRAIN.WARMUP_EPOCHS", warmup, "TRAIN.EPOCHS", "20"])
+    derived = derive(cfg)
+    lengths = [build_schedule(cfg, derived, updates, epochs) for epochs in (4, 7, 20)]
+    for step in range(updates):
+        assert len({schedule.lr_at(step) for schedule in lengths}) == 1, step
+    short = lengths[0]
+    decay_from = max(int(float(warmup) * updates), updates)
+    assert short.lr_at(decay_from) == derived.base_lr  # the decay starts after the first epoch (or the warmup)
+    assert short.lr_at(decay_from + 1) < derived.base_lr
+    assert short.lr_at(4 * updates - 1) == pytest.approx(
+        derived.min_lr + 0.5 * (derived.base_lr - derived.min_lr) * (1 + math.cos(math.pi * (4 * updates - 1 - decay_from)
+                                                                     / (4 * updates - decay_from))))
+    if float(warmup) < 1:  # the peak holds from the end of the warmup to the end of the first epoch
+        assert [short.lr_at(s) for s in range(int(float(warmup) * updates), updates)] == \
+            [derived.base_lr] * (updates - int(float(warmup) * updates))
+    # without a budget the same warmup decays right after it
+    free = get_config(None, ["TRAIN.WARMUP_EPOCHS", warmup, "TRAIN.EPOCHS", "4"])
+    if float(warmup) < 1:
+        assert build_schedule(free, derive(free), updates).lr_at(updates - 1) < derived.base_lr
 
 
 def _run(tmp_path, *opts: str) -> str:
