@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .pvt import PVT_ZOO, create_pvt
-from .swin import SwinTransformer
+from .swin import SwinTransformer, stage_resolution
 from .swinv2 import SWINV2_ZOO, SwinTransformerV2
 from .zoo import ZOO, claimed_variant
 
@@ -86,17 +86,26 @@ def run_name(cfg: Any) -> Tuple[str, List[str]]:
     defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
     expected = {**defaults, **table[claimed].kwargs()}
     actual = swin_kwargs(cfg) if family == "swin" else swinv2_kwargs(cfg)
-    if family == "swinv2":  # None and zeros both mean "this model's own window"
-        windows = expected["pretrained_window_sizes"]
-        expected["pretrained_window_sizes"] = tuple(windows or (0,) * len(expected["depths"]))
+    compared = dict(actual)
+    if family == "swinv2":  # None, zeros and each stage's own window all mean "this model's own window"
+        expected["pretrained_window_sizes"] = _own_windows_as_zero(expected)
+        compared["pretrained_window_sizes"] = _own_windows_as_zero(actual)
     changes = [f"{_config_key(k, section)} {_plain(actual[k])} ({claimed} has {_plain(expected[k])})"
-               for k in keys if _plain(actual[k]) != _plain(expected[k])]
+               for k in keys if _plain(compared[k]) != _plain(expected[k])]
     if not changes:
         return cfg.MODEL.NAME, []
-    named = [(k, _plain(actual[k])) for k in keys if k not in _DIGEST_SINCE or actual[k] != _DIGEST_SINCE[k]]
+    named = [(k, _plain(compared[k])) for k in keys if k not in _DIGEST_SINCE or actual[k] != _DIGEST_SINCE[k]]
     digest = hashlib.sha1(repr(named).encode()).hexdigest()[:6]
     name = f"{family}_custom_patch{actual['patch_size']}_window{actual['window_size']}_{actual['img_size']}_{digest}"
     return name, changes
+
+
+def _own_windows_as_zero(kwargs: Dict[str, Any]) -> Tuple[int, ...]:
+    """SwinV2's pretrained_window_sizes with 0 for every stage whose entry is the window that stage runs (the
+    model's window, or the map when smaller): the coordinates are then normalized alike, so it is the same model."""
+    windows = kwargs["pretrained_window_sizes"] or (0,) * len(kwargs["depths"])
+    grid = kwargs["img_size"] // kwargs["patch_size"]
+    return tuple(0 if w == min(kwargs["window_size"], stage_resolution(grid, i)) else w for i, w in enumerate(windows))
 
 
 def _plain(value: Any) -> Any:

@@ -130,6 +130,16 @@ def test_a_changed_swinv2_architecture_goes_by_a_custom_name():
     assert windows[1] == ["MODEL.SWINV2.PRETRAINED_WINDOW_SIZES [4, 4, 4, 2] (swinv2_tiny_patch4_window8_256 has "
                           "[0, 0, 0, 0])"]
     assert run_name(get_config(path, ["MODEL.NUM_CLASSES", "10", "MODEL.DROP_PATH_RATE", "0.5"]))[1] == []
+    # a stage's pre-training window equal to the window it runs (8; the last stage's 8x8 map) is the same model
+    from models.swinv2 import relative_coords_table
+    assert torch.equal(relative_coords_table((8, 8), (8, 8)), relative_coords_table((8, 8)))
+    assert run_name(get_config(path, ["MODEL.SWINV2.PRETRAINED_WINDOW_SIZES", "[8, 8, 8, 8]"])) == \
+        ("swinv2_tiny_patch4_window8_256", [])
+    at_128 = ["DATA.IMG_SIZE", "128"]  # the last stage's map is 4x4, so its window is 4
+    assert run_name(get_config(path, at_128 + ["MODEL.SWINV2.PRETRAINED_WINDOW_SIZES", "[8, 8, 8, 4]"])) == \
+        run_name(get_config(path, at_128))
+    assert run_name(get_config(path, at_128 + ["MODEL.SWINV2.PRETRAINED_WINDOW_SIZES", "[8, 8, 8, 8]"]))[1][-1] == \
+        "MODEL.SWINV2.PRETRAINED_WINDOW_SIZES [8, 8, 8, 8] (swinv2_tiny_patch4_window8_256 has [0, 0, 0, 0])"
 
 
 def _variant_opts(name: str) -> list:
