@@ -173,6 +173,7 @@ def _validate(cfg: CN) -> None:
         "DATA.ON_CORRUPT": ("error", "skip"),
         "MODEL.TYPE": ("swin", "swinv2", "pvt", "timm"),
         "MODEL.SWIN.ATTN_IMPL": ("auto", "eager", "sdpa"),
+        "MODEL.SWINV2.ATTN_IMPL": ("auto", "eager", "sdpa"),
         "TRAIN.LR_SCHEDULER.NAME": ("cosine", "step", "multistep"),
         "TRAIN.OPTIMIZER.NAME": ("adamw", "sgd"),
         "AUG.MIXUP_MODE": ("batch", "pair", "elem"),

@@ -81,6 +81,7 @@ _C.MODEL.SWINV2.QKV_BIAS = True  # q and v biases
 _C.MODEL.SWINV2.APE = False  # absolute position embedding
 _C.MODEL.SWINV2.PATCH_NORM = True  # LayerNorm after patch embedding
 _C.MODEL.SWINV2.PRETRAINED_WINDOW_SIZES = [0, 0, 0, 0]  # per stage, the window of the weights fine-tuned from (0: none)
+_C.MODEL.SWINV2.ATTN_IMPL = "auto"  # (new) attention kernel: auto (fused SDPA on CUDA, eager elsewhere) | eager | sdpa
 
 # ----------------------------------------------------------------------------------------------------------
 # Training

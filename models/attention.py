@@ -37,6 +37,11 @@ def forced_kernel(attn_impl: str) -> Iterator[None]:
         _forced = before
 
 
+def forced_impl() -> Optional[str]:
+    """The kernel forced_kernel() imposes now (None: each module's own choice)."""
+    return _forced
+
+
 def choose_kernel(attn_impl: str, device_type: str, dtype: torch.dtype, bias_trains: bool) -> str:
     """The kernel one forward runs: `attn_impl` (or the forced one), except that on CPU the eager products win
     twice: SDPA has no fused kernel for a bias that needs a gradient (it would run its slower math kernel), and in

@@ -46,7 +46,7 @@ def swinv2_kwargs(cfg: Any) -> Dict[str, Any]:
         embed_dim=s.EMBED_DIM, depths=tuple(s.DEPTHS), num_heads=tuple(s.NUM_HEADS), window_size=s.WINDOW_SIZE,
         mlp_ratio=s.MLP_RATIO, qkv_bias=s.QKV_BIAS, drop_rate=cfg.MODEL.DROP_RATE, drop_path_rate=cfg.MODEL.DROP_PATH_RATE,
         ape=s.APE, patch_norm=s.PATCH_NORM, use_checkpoint=cfg.TRAIN.USE_CHECKPOINT,
-        pretrained_window_sizes=tuple(s.PRETRAINED_WINDOW_SIZES),
+        pretrained_window_sizes=tuple(s.PRETRAINED_WINDOW_SIZES), attn_impl=s.ATTN_IMPL,
     )
 
 

@@ -25,6 +25,7 @@ import torch.utils.checkpoint
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
+from .attention import ATTN_IMPLS, forced_impl
 from .linear import Linear, Mlp, onednn_eligible, onednn_linear
 from .swin import (PatchEmbed, ShiftedWindows, SwinClassifier, drop_path_rates, init_weights, merge_2x2,
                    stage_resolution)
@@ -59,12 +60,16 @@ class WindowAttentionV2(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, window: Tuple[int, int], qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, pretrained_window: Tuple[int, int] = (0, 0)) -> None:
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, pretrained_window: Tuple[int, int] = (0, 0),
+                 attn_impl: str = "auto") -> None:
         super().__init__()
+        if attn_impl not in ("auto",) + ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of auto, {', '.join(ATTN_IMPLS)}, got {attn_impl!r}")
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.window = dim, num_heads, tuple(window)
         self.pretrained_window = tuple(pretrained_window)
+        self.attn_impl = attn_impl
         self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
         self.cpb_mlp = nn.Sequential(Linear(2, 512, bias=True), nn.ReLU(inplace=True),
                                      Linear(512, num_heads, bias=False))
@@ -107,7 +112,7 @@ class WindowAttentionV2(nn.Module):
         q, k, v = qkv.unbind(0)  # each B*nW, heads, N, hd
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)  # cosine similarity: unit queries and keys
         bias = self.relative_bias().unsqueeze(0)  # 1, heads, N, N
-        if use_sdpa(x):
+        if use_sdpa(x, self.attn_impl):
             x = self._sdpa(q * self.scale(), k, v, bias, mask)
         else:
             attn = q @ k.transpose(-2, -1) * self.scale() + bias  # B*nW, heads, N, N
@@ -132,11 +137,13 @@ class WindowAttentionV2(nn.Module):
         return x.reshape(b_, heads, n, hd)
 
 
-def use_sdpa(x: torch.Tensor) -> bool:
-    """The kernel choice: the fused scaled_dot_product_attention on CUDA (its memory-efficient kernel takes the
-    additive bias, so the (N, N) attention matrix is not kept for backward), the eager products elsewhere (on CPU
-    they are as fast, and FLOP counting on the meta device reads them)."""
-    return x.is_cuda
+def use_sdpa(x: torch.Tensor, attn_impl: str = "auto") -> bool:
+    """The kernel choice (MODEL.SWINV2.ATTN_IMPL, unless attention.forced_kernel overrides it): "auto" runs the fused
+    scaled_dot_product_attention on CUDA (its memory-efficient kernel takes the additive bias, so the (N, N)
+    attention matrix is not kept for backward) and the eager products elsewhere (on CPU they are as fast, and FLOP
+    counting on the meta device reads them); "eager" and "sdpa" run that kernel on every device."""
+    impl = forced_impl() or attn_impl
+    return x.is_cuda if impl == "auto" else impl == "sdpa"
 
 
 class SwinTransformerV2Block(ShiftedWindows):
@@ -144,10 +151,11 @@ class SwinTransformerV2Block(ShiftedWindows):
 
     def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int, window_size: int, shifted: bool,
                  mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float, drop_path: float,
-                 pretrained_window_size: int) -> None:
+                 pretrained_window_size: int, attn_impl: str = "auto") -> None:
         super().__init__(input_resolution, window_size, shifted)
         self.attn = WindowAttentionV2(dim, num_heads, self.window, qkv_bias, attn_drop, drop,
-                                      pretrained_window=(pretrained_window_size, pretrained_window_size))
+                                      pretrained_window=(pretrained_window_size, pretrained_window_size),
+                                      attn_impl=attn_impl)
         self.norm1 = nn.LayerNorm(dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -222,6 +230,7 @@ class SwinTransformerV2(SwinClassifier):
         patch_norm: bool = True,
         use_checkpoint: bool = False,
         pretrained_window_sizes: Optional[Sequence[int]] = None,
+        attn_impl: str = "auto",
     ) -> None:
         super().__init__()
         pretrained_window_sizes = tuple(pretrained_window_sizes or (0,) * len(depths))  # 0: this model's window
@@ -244,7 +253,7 @@ class SwinTransformerV2(SwinClassifier):
                 int(embed_dim * 2**i), (res, res), depth, num_heads[i], window_size,
                 dpr[i], downsample=i < self.num_layers - 1,
                 use_checkpoint=use_checkpoint, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
-                attn_drop=attn_drop_rate, pretrained_window_size=pretrained_window_sizes[i],
+                attn_drop=attn_drop_rate, pretrained_window_size=pretrained_window_sizes[i], attn_impl=attn_impl,
             ))
         self.norm = nn.LayerNorm(self.num_features)
         self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

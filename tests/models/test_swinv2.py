@@ -202,8 +202,10 @@ def test_the_fused_kernel_gives_the_eager_logits_and_gradients(monkeypatch):
     results, calls = [], []
     real = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(swinv2.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
-    for fused in (False, True):
-        monkeypatch.setattr(swinv2, "use_sdpa", lambda t, fused=fused: fused)
+    for impl in ("auto", "sdpa"):  # auto: eager on CPU
+        for module in model.modules():
+            if isinstance(module, swinv2.WindowAttentionV2):
+                module.attn_impl = impl
         model.zero_grad()
         out = model(x)
         out.square().mean().backward()
@@ -213,3 +215,22 @@ def test_the_fused_kernel_gives_the_eager_logits_and_gradients(monkeypatch):
     torch.testing.assert_close(sdpa, eager, rtol=1e-5, atol=1e-5)
     for a, b in zip(sdpa_grads, eager_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_kernel_choice_follows_the_config_and_the_forced_kernel():
+    import models.swinv2 as swinv2
+    from configs import get_config
+    from models import build_model
+    from models.attention import forced_kernel
+
+    cpu, meta = torch.empty(1), torch.empty(1, device="meta")
+    assert [swinv2.use_sdpa(cpu, impl) for impl in ("auto", "eager", "sdpa")] == [False, False, True]
+    with forced_kernel("eager"):  # FLOP counting's override wins over the module's choice
+        assert not swinv2.use_sdpa(meta, "sdpa")
+    opts = ["MODEL.TYPE", "swinv2", "MODEL.NAME", "tiny", "DATA.IMG_SIZE", "64", "MODEL.SWINV2.EMBED_DIM", "16",
+            "MODEL.SWINV2.DEPTHS", "[2]", "MODEL.SWINV2.NUM_HEADS", "[1]", "MODEL.SWINV2.PRETRAINED_WINDOW_SIZES", "[0]"]
+    for impl in ("auto", "eager", "sdpa"):
+        model = build_model(get_config(None, opts + ["MODEL.SWINV2.ATTN_IMPL", impl]))
+        assert {m.attn_impl for m in model.modules() if isinstance(m, swinv2.WindowAttentionV2)} == {impl}
+    with pytest.raises(ValueError, match="attn_impl must be one of auto, eager, sdpa"):
+        swinv2.WindowAttentionV2(16, 1, (4, 4), attn_impl="flash")
