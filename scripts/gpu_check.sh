@@ -26,7 +26,7 @@
 #   (7) speed: scripts/benchmark.py for Swin-T, Swin-B and SwinV2-T side by side with timm and torchvision (JSON in
 #       $OUT),
 #       torch.compile of our model (logits against eager, a timed bf16 step), then, time allowing, the benchmark
-#       with ours_compiled and tests/engine/gpu_engine_check.py
+#       with ours_compiled and the engine checks (engine_checks: tests/gpu/test_engine_checks.py, CUDA only)
 # Exit status: non-zero when a correctness step (1-6) failed or was skipped (the budget ran out before it), or
 # a prerequisite (yacs, tensorboard) is missing. Every process a step starts is killed when the step ends.
 # Needs: PyTorch with CUDA, timm, torchvision, tensorboard; yacs importable or a wheel in .device_wheels/.
@@ -120,7 +120,8 @@ else
        "steps 1, 2, 3b and 6 (configs/, main.py) cannot run"
 fi
 
-# the device checks are tests/gpu/test_gpu_checks.py (pytest, marker cuda), one test per step; eval_ok.py below checks
+# the device checks are tests/gpu/test_gpu_checks.py (one test per step) and tests/gpu/test_engine_checks.py (pytest,
+# marker cuda); eval_ok.py below checks
 # what a main.py run wrote
 PYTEST=(python -m pytest -q -s -p no:cacheprovider -m cuda)
 GPU_TESTS=tests/gpu/test_gpu_checks.py
@@ -237,8 +238,8 @@ if [ "$DRY" = 0 ]; then
     --settings train_bf16 infer_bf16 --impls ours ours_compiled timm --compile --memory-model none \
     --json "$OUT/cuda-swin_tiny-compiled.json"
 fi
-if [ "$DRY" = 0 ] && [ $YACS = 1 ] && [ -f tests/engine/gpu_engine_check.py ]; then
-  check engine_checks 600 python tests/engine/gpu_engine_check.py "$WORK/engine"
+if [ "$DRY" = 0 ] && [ $YACS = 1 ]; then
+  check engine_checks 600 "${PYTEST[@]}" tests/gpu/test_engine_checks.py
 fi
 
 MISSED=()  # correctness steps that failed or never ran
