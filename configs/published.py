@@ -28,7 +28,7 @@ class Row:
     img_size: int
     params_m: Optional[float]
     gflops: Optional[float]
-    top1_err: Optional[float]  # None where this table does not record it (the SwinV2 rows: params and GFLOPs only)
+    top1_err: Optional[float]  # None where the table prints none
     note: str  # why measured and printed numbers differ beyond the tolerance, where they do
     params_digits: int = 1  # decimals the table prints
     gflops_digits: int = 1

@@ -21,6 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_the_tables_have_every_row():
     assert len(published_rows("comparison")) == 18 and len(published_rows("ablation")) == 7
     assert len(published_rows("release")) == 20  # Swin 10, SwinV2 10
+    assert all(r.top1_err is not None for r in published_rows("release"))  # the release prints every acc@1
+    assert {r.model: r.top1_err for r in published_rows("release")}["swinv2_tiny_patch4_window8_256"] == 18.2
     for r in ROWS:
         assert os.path.isfile(r.config_path), r.config
 
