@@ -145,16 +145,17 @@ class LRSchedule:
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * t / length))
 
 
-def build_schedule(cfg: CfgNode, derived: Derived, updates_per_epoch: int, epochs: int | None = None) -> LRSchedule:
+def build_schedule(cfg: CfgNode, derived: Derived, updates_per_epoch: int, epochs: int | None = None,
+                   total_updates: int | None = None) -> LRSchedule:
     """The schedule of TRAIN.LR_SCHEDULER with the linearly scaled rates of `derived`, over `epochs` (default
-    TRAIN.EPOCHS; fewer when TRAIN.TIME_BUDGET planned them).
+    TRAIN.EPOCHS), or over `total_updates` updates when TRAIN.TIME_BUDGET planned the run's length.
 
     Under TRAIN.TIME_BUDGET the run's length is fixed after the first epoch, so the first epoch's rates must not
     depend on it: a cosine decay starts at the end of the warmup or of the first epoch, whichever is later (with a
     warmup shorter than an epoch, the peak rate holds for the rest of the first epoch)."""
     sched = cfg.TRAIN.LR_SCHEDULER
     epochs = cfg.TRAIN.EPOCHS if epochs is None else epochs
-    total = int(epochs * updates_per_epoch)
+    total = int(epochs * updates_per_epoch) if total_updates is None else total_updates
     warmup = int(cfg.TRAIN.WARMUP_EPOCHS * updates_per_epoch)
     hold = updates_per_epoch if cfg.TRAIN.TIME_BUDGET > 0 and warmup < updates_per_epoch else 0
     common = dict(
@@ -184,10 +185,16 @@ def build_schedule(cfg: CfgNode, derived: Derived, updates_per_epoch: int, epoch
     raise ConfigError(f"TRAIN.LR_SCHEDULER.NAME {sched.NAME!r} is not supported; choose cosine, step or multistep.")
 
 
-def epochs_within_budget(budget_s: float, elapsed_s: float, epoch_s: float, epochs_done: int, min_epochs: int,
-                         max_epochs: int) -> int:
-    """The run's length in epochs for a wall-clock budget (TRAIN.TIME_BUDGET): the epochs done, plus as many
-    more of `epoch_s` seconds (training and evaluation, as measured) as the time left holds; at least
-    `min_epochs` (warmup plus one epoch of decay), at most `max_epochs` (TRAIN.EPOCHS)."""
-    more = int(max(budget_s - elapsed_s, 0.0) // epoch_s) if epoch_s > 0 else max_epochs
-    return max(min(min_epochs, max_epochs), min(max_epochs, epochs_done + more))
+def updates_within_budget(left_s: float, train_s: float, eval_s: float, updates_per_epoch: int, epochs_done: int,
+                          min_epochs: int, max_epochs: int) -> int:
+    """The run's length in optimizer updates for a wall-clock budget (TRAIN.TIME_BUDGET) with `left_s` seconds
+    left after `epochs_done` epochs, an epoch taking `train_s` seconds of training and `eval_s` of evaluation (as
+    measured): the whole epochs that fit, then the updates of one more, shorter epoch that fit with its evaluation
+    (when that is at least a tenth of an epoch); at least `min_epochs` (warmup plus one epoch of decay), at most
+    `max_epochs` (TRAIN.EPOCHS) whole epochs."""
+    per_update = train_s / updates_per_epoch
+    whole = int(max(left_s, 0.0) // (train_s + eval_s)) if train_s + eval_s > 0 else max_epochs
+    rest = max(left_s, 0.0) - whole * (train_s + eval_s)
+    part = int((rest - eval_s) // per_update) if per_update > 0 and rest > eval_s else 0
+    updates = (epochs_done + whole) * updates_per_epoch + (part if part >= updates_per_epoch / 10 else 0)
+    return max(min(min_epochs, max_epochs) * updates_per_epoch, min(max_epochs * updates_per_epoch, updates))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import itertools
 import math
 import os
 import time
@@ -40,7 +41,7 @@ from engine.distributed import (DistInfo, StopRequest, average_batchnorm_statist
 from engine.ema import build_ema
 from engine.evaluate import EvalResult, evaluate
 from engine.logging_utils import FILE_ONLY, MetricsWriter, close_logging, setup_logging
-from engine.optim import build_optimizer, build_schedule, epochs_within_budget, steps_per_epoch
+from engine.optim import build_optimizer, build_schedule, steps_per_epoch, updates_within_budget
 from engine.rng import epoch_seed, gather_rng_states, seed_everything
 from engine.state import Run, checkpoint_state, restore_state, restore_weights_for_eval
 from engine.throughput import measure_throughput
@@ -290,8 +291,8 @@ def _train(cfg: CfgNode, info: DistInfo, derived: Derived, model, loaders, start
                  if run.state.epoch_batches else f"epoch {run.state.epoch - 1}")
         log.info("resumed from %s (%s, step %d)", resume, where, run.state.global_step)
     run.progress.started = started
-    if run.progress.planned_epochs:  # the length TRAIN.TIME_BUDGET fixed before the run was stopped
-        _set_length(run, run.progress.planned_epochs)
+    if run.progress.planned_updates:  # the length TRAIN.TIME_BUDGET fixed before the run was stopped
+        _set_length(run, run.progress.planned_updates)
     resume_step = run.state.global_step if resume else None
     with (StopRequest(cfg.DIST_TIMEOUT) as stop,
           MetricsWriter(derived.run_dir, info.is_main, resume_step=resume_step) as metrics):
@@ -352,7 +353,7 @@ def _train_epochs(run: Run) -> int:
                  report_path)
         return 0
     budget = (f" (at most: TRAIN.TIME_BUDGET {cfg.TRAIN.TIME_BUDGET:g} min fixes the number after the first epoch)"
-              if cfg.TRAIN.TIME_BUDGET > 0 and not run.progress.planned_epochs else "")
+              if cfg.TRAIN.TIME_BUDGET > 0 and not run.progress.planned_updates else "")
     log.info("start training: epochs %d-%d%s, %d updates per epoch, total batch %d, lr %.3e",
              state.epoch, train.total_epochs - 1, budget, run.updates, derived.total_batch, derived.base_lr)
     final: tuple[EvalResult, bool] | None = None
@@ -384,7 +385,8 @@ def _write_final_report(run: Run, result: EvalResult, used_ema: bool) -> None:
     record = report.build_eval_record(
         run.cfg, model, result, run.progress.last_checkpoint, used_ema,
         extra={"world_size": run.info.world_size, "amp_dtype": run.train.amp.dtype_name,
-               "epochs": run.train.total_epochs, "max_accuracy": run.progress.max_accuracy,
+               "epochs": run.train.total_epochs, "updates": run.state.global_step,
+               "max_accuracy": run.progress.max_accuracy,
                "best_epoch": run.progress.best_epoch},
     )
     report.write_eval_report(run.derived.run_dir, record)
@@ -400,7 +402,7 @@ def _one_epoch(run: Run) -> tuple[EvalResult, bool] | None:
     if not state.epoch_batches:
         seed_everything(epoch_seed(cfg.SEED, run.info.rank, epoch))
     loaders.train_sampler.set_epoch(epoch, start_index=state.epoch_batches * cfg.DATA.BATCH_SIZE)
-    stats = train_one_epoch(run.model, loaders.train_loader, train, state)
+    stats = train_one_epoch(run.model, _epoch_batches(run), train, state)
     eval_start = time.monotonic()
     if stats.stop_signal:
         return _save_and_stop(run, stats.stop_signal)
@@ -411,11 +413,11 @@ def _one_epoch(run: Run) -> tuple[EvalResult, bool] | None:
         return _save_and_stop(run, train.stop(), evaluated=False)
     record.update({"skipped": stats.skipped, "epoch_s": stats.seconds})
     # The run's length under TRAIN.TIME_BUDGET, fixed after the first epoch.
-    if cfg.TRAIN.TIME_BUDGET > 0 and not progress.planned_epochs:
+    if cfg.TRAIN.TIME_BUDGET > 0 and not progress.planned_updates:
         # a resumed epoch trained only part of its batches: scale its training time to the whole epoch
-        epoch_s = stats.seconds * run.batches / max(run.batches - resumed_at, 1) + time.monotonic() - eval_start
-        _fit_to_budget(run, epoch_s)
-        record["planned_epochs"] = train.total_epochs
+        train_s = stats.seconds * run.batches / max(run.batches - resumed_at, 1)
+        _fit_to_budget(run, train_s, time.monotonic() - eval_start)
+        record.update(planned_epochs=train.total_epochs, planned_updates=progress.planned_updates)
     # Record, then checkpoint (every SAVE_FREQ epochs, the last, the best, and before a stop).
     result = reported[0]
     is_best = result.top1_acc > progress.max_accuracy or progress.best_epoch < 0
@@ -469,27 +471,53 @@ def _save_and_stop(run: Run, signum: int, evaluated: bool = True) -> None:
     return None
 
 
-def _fit_to_budget(run: Run, epoch_s: float) -> None:
-    """TRAIN.TIME_BUDGET: fix the run's length to the epochs that fit the time left, from rank 0's measurement of
-    the epoch just finished (`epoch_s`, so every rank agrees), and the schedule over that length. The first epoch's
-    learning rates did not depend on the length: its decay starts after it (engine.optim.build_schedule)."""
+def _fit_to_budget(run: Run, train_s: float, eval_s: float) -> None:
+    """TRAIN.TIME_BUDGET: fix the run's length to the updates that fit the time left, from rank 0's measurement of
+    the epoch just finished (`train_s` of training, `eval_s` of evaluation; rank 0's, so every rank agrees): whole
+    epochs, then possibly a shorter last one, and the schedule over that length. The first epoch's learning rates
+    did not depend on the length: its decay starts after it (engine.optim.build_schedule)."""
     cfg, progress = run.cfg, run.progress
     budget_s = cfg.TRAIN.TIME_BUDGET * 60
-    elapsed = time.monotonic() - progress.started
+    left = budget_s - (time.monotonic() - progress.started)
     min_epochs = max(math.ceil(cfg.TRAIN.WARMUP_EPOCHS), 1) + 1
-    epochs = broadcast_object(epochs_within_budget(budget_s, elapsed, epoch_s, run.state.epoch + 1, min_epochs,
-                                                   cfg.TRAIN.EPOCHS))
-    progress.planned_epochs = epochs
-    _set_length(run, epochs)
-    log.info("TRAIN.TIME_BUDGET %g min: an epoch takes %.0f s (training and evaluation), %.0f s of the budget are "
-             "left, so the run trains %d of at most %d epochs", cfg.TRAIN.TIME_BUDGET, epoch_s,
-             max(budget_s - elapsed, 0.0), epochs, cfg.TRAIN.EPOCHS)
+    updates = broadcast_object(updates_within_budget(left, train_s, eval_s, run.updates, run.state.epoch + 1,
+                                                     min_epochs, cfg.TRAIN.EPOCHS))
+    progress.planned_updates = updates
+    _set_length(run, updates)
+    whole, part = divmod(updates, run.updates)
+    length = f"{whole} epochs and {part} of {run.updates} updates of one more" if part else f"{whole} epochs"
+    log.info("TRAIN.TIME_BUDGET %g min: an epoch takes %.0f s of training and %.0f s of evaluation, %.0f s of the "
+             "budget are left, so the run trains %s (at most %d epochs)", cfg.TRAIN.TIME_BUDGET, train_s, eval_s,
+             max(left, 0.0), length, cfg.TRAIN.EPOCHS)
 
 
-def _set_length(run: Run, epochs: int) -> None:
-    """Train `epochs` epochs in all, with the learning-rate schedule over that length."""
-    run.train.total_epochs = epochs
-    run.train.schedule = build_schedule(run.cfg, run.derived, run.updates, epochs)
+def _set_length(run: Run, updates: int) -> None:
+    """Train `updates` optimizer updates in all (the last epoch shorter when they end part way through one), with
+    the learning-rate schedule over that length."""
+    run.train.total_epochs = math.ceil(updates / run.updates)
+    run.train.schedule = build_schedule(run.cfg, run.derived, run.updates, total_updates=updates)
+
+
+def _epoch_batches(run: Run):
+    """The training loader of the epoch, cut short when the run's planned length ends part way through it."""
+    loader, planned = run.loaders.train_loader, run.progress.planned_updates
+    left = planned - run.state.epoch * run.updates if planned else run.updates
+    if left >= run.updates:
+        return loader
+    return FirstBatches(loader, left * run.cfg.TRAIN.ACCUMULATION_STEPS - run.state.epoch_batches)
+
+
+class FirstBatches:
+    """The first `count` batches of `loader` (a sized iterable, as train_one_epoch needs)."""
+
+    def __init__(self, loader, count: int) -> None:
+        self.loader, self.count = loader, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.count)
 
 
 def _save(run: Run) -> None:

@@ -37,7 +37,7 @@ class Progress:
     max_accuracy: float = 0.0  # best top-1 (of the weights TEST.USE_EMA reports) so far
     best_epoch: int = -1
     last_checkpoint: str = ""
-    planned_epochs: int = 0  # the run's length once TRAIN.TIME_BUDGET fixed it (0: TRAIN.EPOCHS)
+    planned_updates: int = 0  # the run's length in updates once TRAIN.TIME_BUDGET fixed it (0: TRAIN.EPOCHS)
     started: float = 0.0  # time.monotonic() when this process started the run (not saved)
 
 
@@ -73,7 +73,7 @@ def checkpoint_state(run: Run, rng: list[dict]) -> dict:
         "global_step": state.global_step,
         "max_accuracy": progress.max_accuracy,
         "best_epoch": progress.best_epoch,
-        "planned_epochs": progress.planned_epochs,
+        "planned_updates": progress.planned_updates,
         "rng": rng,
         "config": dump_config(cfg),
         "derived": run.derived.as_dict(),
@@ -132,7 +132,9 @@ def restore_state(ckpt: dict, path: str, run: Run) -> tuple[TrainState, Progress
         saved = ckpt["epoch_progress"]
         state.epoch_loss = (float(saved.get("loss_sum", 0.0)), float(saved.get("loss_count", 0.0)))
     progress = Progress(max_accuracy=float(ckpt.get("max_accuracy", 0.0)), best_epoch=int(ckpt.get("best_epoch", -1)),
-                        last_checkpoint=path, planned_epochs=int(ckpt.get("planned_epochs", 0)))
+                        last_checkpoint=path,
+                        # checkpoints from before the length was counted in updates hold whole epochs
+                        planned_updates=int(ckpt.get("planned_updates", ckpt.get("planned_epochs", 0) * run.updates)))
     return state, progress
 
 

@@ -11,7 +11,7 @@ import torch
 
 import engine
 from configs import ConfigError, derive, get_config
-from engine.optim import build_schedule, epochs_within_budget
+from engine.optim import build_schedule, updates_within_budget
 from tests.helpers.engine import SHORT_RUN, TINY_SWIN
 from tests.helpers.processes import records
 
@@ -19,13 +19,17 @@ from tests.helpers.processes import records
 OPTS = TINY_SWIN + SHORT_RUN + ["TRAIN.EPOCHS", "5", "MODEL.DROP_PATH_RATE", "0.1"]
 
 
-def test_epochs_within_budget():
-    # 100 s left after the first epoch, 30 s an epoch: 3 more
-    assert epochs_within_budget(200, 100, 30, 1, 2, 20) == 4
-    assert epochs_within_budget(200, 100, 30, 1, 2, 3) == 3  # never more than TRAIN.EPOCHS
-    assert epochs_within_budget(200, 250, 30, 1, 2, 20) == 2  # over budget: warmup plus one epoch of decay
-    assert epochs_within_budget(200, 250, 30, 1, 2, 1) == 1
-    assert epochs_within_budget(200, 100, 0, 1, 2, 20) == 20
+def test_updates_within_budget():
+    # 100 s left after the first epoch of 10 updates, 30 s of training and 5 of evaluation an epoch: 2 more whole
+    # epochs (70 s), then 8 updates of 3 s and their evaluation (29 s)
+    assert updates_within_budget(100, 30, 5, 10, 1, 2, 20) == 38
+    assert updates_within_budget(100, 30, 5, 10, 1, 2, 3) == 30  # never more than TRAIN.EPOCHS
+    assert updates_within_budget(75.5, 30, 5, 10, 1, 2, 20) == 30  # no time for one more update and its evaluation
+    assert updates_within_budget(77.5, 30, 5, 10, 1, 2, 20) == 30  # nor for a tenth of an epoch
+    assert updates_within_budget(78.5, 30, 5, 10, 1, 2, 20) == 31
+    assert updates_within_budget(-50, 30, 5, 10, 1, 2, 20) == 20  # over budget: warmup plus one epoch of decay
+    assert updates_within_budget(-50, 30, 5, 10, 1, 2, 1) == 10
+    assert updates_within_budget(100, 0, 0, 10, 1, 2, 20) == 200
 
 
 def test_budget_rejects_negative_minutes():
@@ -45,9 +49,9 @@ def test_under_a_budget_the_first_epoch_rates_do_not_depend_on_the_length(warmup
     decay_from = max(int(float(warmup) * updates), updates)
     assert short.lr_at(decay_from) == derived.base_lr  # the decay starts after the first epoch (or the warmup)
     assert short.lr_at(decay_from + 1) < derived.base_lr
-    assert short.lr_at(4 * updates - 1) == pytest.approx(
-        derived.min_lr + 0.5 * (derived.base_lr - derived.min_lr) * (1 + math.cos(math.pi * (4 * updates - 1 - decay_from)
-                                                                     / (4 * updates - decay_from))))
+    last, length = 4 * updates - 1, 4 * updates - decay_from
+    assert short.lr_at(last) == pytest.approx(
+        derived.min_lr + 0.5 * (derived.base_lr - derived.min_lr) * (1 + math.cos(math.pi * (last - decay_from) / length)))
     if float(warmup) < 1:  # the peak holds from the end of the warmup to the end of the first epoch
         assert [short.lr_at(s) for s in range(int(float(warmup) * updates), updates)] == \
             [derived.base_lr] * (updates - int(float(warmup) * updates))
@@ -67,10 +71,11 @@ def test_a_spent_budget_ends_after_warmup_plus_one_epoch_and_resumes_with_that_l
     run_dir = _run(tmp_path, "TRAIN.TIME_BUDGET", "1e-6")
     epochs = records(run_dir, "epoch")
     assert [r["epoch"] for r in epochs] == [0, 1] and epochs[0]["planned_epochs"] == 2
+    assert epochs[0]["planned_updates"] == 8
     with open(os.path.join(run_dir, "eval.json")) as f:
         assert json.load(f)["epochs"] == 2
     final = torch.load(os.path.join(run_dir, "ckpt_epoch_1.pth"), weights_only=True, map_location="cpu")
-    assert final["planned_epochs"] == 2
+    assert final["planned_updates"] == 8
     # the decay ran over the 2 planned epochs, not over TRAIN.EPOCHS
     cfg = get_config(None, OPTS)
     planned, full = build_schedule(cfg, derive(cfg), 4, 2), build_schedule(cfg, derive(cfg), 4)
@@ -78,8 +83,12 @@ def test_a_spent_budget_ends_after_warmup_plus_one_epoch_and_resumes_with_that_l
     assert last["step"] == 8 and last["lr"] == pytest.approx(planned.lr_at(7), rel=1e-6) != full.lr_at(7)
 
     # resumed after epoch 0 with a budget that would now allow every epoch: the saved length stands, and the
-    # weights end bitwise equal
+    # weights end bitwise equal; the epoch-0 checkpoint is rewritten as before lengths were counted in updates
     os.remove(os.path.join(run_dir, "ckpt_epoch_1.pth"))
+    first_path = os.path.join(run_dir, "ckpt_epoch_0.pth")
+    first = torch.load(first_path, weights_only=True, map_location="cpu")
+    first["planned_epochs"] = first.pop("planned_updates") // 4
+    torch.save(first, first_path)
     shutil.move(os.path.join(run_dir, "eval.json"), str(tmp_path / "first_eval.json"))
     _run(tmp_path, "TRAIN.TIME_BUDGET", "1000")
     again = torch.load(os.path.join(run_dir, "ckpt_epoch_1.pth"), weights_only=True, map_location="cpu")
@@ -92,3 +101,36 @@ def test_an_ample_budget_trains_every_epoch(tmp_path):
     run_dir = _run(tmp_path, "TRAIN.TIME_BUDGET", "1000", "TRAIN.EPOCHS", "3")
     assert [r["epoch"] for r in records(run_dir, "epoch")] == [0, 1, 2]
     assert records(run_dir, "epoch")[0]["planned_epochs"] == 3
+
+
+def test_a_budget_can_end_part_way_through_an_epoch_and_resume_there(tmp_path, monkeypatch):
+    """The planned length is counted in updates: the last epoch stops after the updates that fit, the decay ends
+    there, and a resumed run keeps that length and ends with the same weights."""
+    import importlib
+
+    run_module = importlib.import_module("engine.run")
+    monkeypatch.setattr(run_module, "updates_within_budget", lambda *args: 10)  # 2.5 epochs of 4 updates
+    run_dir = _run(tmp_path, "TRAIN.TIME_BUDGET", "1000")
+    epochs = records(run_dir, "epoch")
+    assert [r["epoch"] for r in epochs] == [0, 1, 2] and epochs[0]["planned_updates"] == 10
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        report = json.load(f)
+    assert report["epochs"] == 3 and report["updates"] == 10
+    cfg = get_config(None, OPTS + ["TRAIN.TIME_BUDGET", "1000"])
+    planned = build_schedule(cfg, derive(cfg), 4, total_updates=10)
+    steps = records(run_dir, "step")
+    assert steps[-1]["step"] == 10 and steps[-1]["lr"] == pytest.approx(planned.lr_at(9), rel=1e-6)
+    assert planned.lr_at(9) < planned.lr_at(8) and planned.lr_at(10) == planned.min_lr  # the decay ends at 10
+    final = torch.load(os.path.join(run_dir, "ckpt_epoch_2.pth"), weights_only=True, map_location="cpu")
+    assert final["global_step"] == 10 and final["planned_updates"] == 10
+
+    # resumed after epoch 1 with the planner gone: the saved length stands, the same weights come out
+    monkeypatch.undo()
+    assert os.path.exists(os.path.join(run_dir, "ckpt_epoch_1.pth"))
+    os.remove(os.path.join(run_dir, "ckpt_epoch_2.pth"))
+    os.remove(os.path.join(run_dir, "eval.json"))
+    _run(tmp_path, "TRAIN.TIME_BUDGET", "1000")
+    again = torch.load(os.path.join(run_dir, "ckpt_epoch_2.pth"), weights_only=True, map_location="cpu")
+    assert again["global_step"] == 10 and not os.path.exists(os.path.join(run_dir, "ckpt_epoch_3.pth"))
+    for k, v in final["model"].items():
+        assert torch.equal(again["model"][k], v), k
