@@ -207,6 +207,8 @@ def _validate(cfg: CN) -> None:
                       or (key == "STD" and min(value) <= 0)):
             raise ConfigError(f"DATA.{key} must be three numbers (R, G, B, on the 0-1 scale{', > 0' if key == 'STD' else ''}) "
                               f"or empty for the model's own, got {value}.")
+    if not 0.0 <= cfg.AUG.HFLIP <= 1.0:
+        raise ConfigError(f"AUG.HFLIP is a probability, in [0, 1] (0: no flips), got {cfg.AUG.HFLIP}.")
     if not 0.0 <= cfg.TEST.CROP_PCT <= 1.0:
         raise ConfigError(f"TEST.CROP_PCT is the center-crop fraction, in (0, 1] (0: the model's own), got "
                           f"{cfg.TEST.CROP_PCT}.")

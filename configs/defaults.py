@@ -135,6 +135,7 @@ _C.AUG.CUTMIX_MINMAX = None  # cutmix box ratio bounds; overrides CUTMIX alpha w
 _C.AUG.MIXUP_PROB = 1.0  # probability of applying mixup or cutmix to a batch
 _C.AUG.MIXUP_SWITCH_PROB = 0.5  # probability of cutmix instead of mixup when both are on
 _C.AUG.MIXUP_MODE = "batch"  # batch | pair | elem
+_C.AUG.HFLIP = 0.5  # (new) horizontal flip probability of training images (timm's --hflip)
 _C.AUG.SMALL_CROP_PADDING = 4  # (new) padding of the random crop used instead of RandomResizedCrop when IMG_SIZE <= 32
 _C.AUG.REPEATED_AUG = False  # (new) repeated augmentation sampler (DeiT)
 _C.AUG.REPEATED_AUG_REPEATS = 3  # (new) copies of each image per epoch under repeated augmentation

@@ -70,6 +70,7 @@ def build_transform(is_train: bool, cfg) -> Callable:
             re_prob=cfg.AUG.REPROB,
             re_mode=cfg.AUG.REMODE,
             re_count=cfg.AUG.RECOUNT,
+            hflip=cfg.AUG.HFLIP,
             interpolation=cfg.DATA.INTERPOLATION,
             mean=mean,
             std=std,

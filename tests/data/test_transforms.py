@@ -11,7 +11,7 @@ from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
 
-from configs import get_config
+from configs import ConfigError, get_config
 from data import DataError, build_mixup, build_transform
 from data.transforms import posterize_any_bits
 
@@ -104,6 +104,15 @@ def test_small_image_crop_padding_is_configurable():
     for _ in range(8):  # without padding the crop is the whole image: the output is the image or its mirror
         out = flips_only(img)
         assert torch.equal(out, plain) or torch.equal(out, plain.flip(-1))
+    # AUG.HFLIP (timm's --hflip): never or always mirrored
+    plain_opts = ["DATA.IMG_SIZE", "28", "AUG.AUTO_AUGMENT", "none", "AUG.REPROB", "0.0", "AUG.SMALL_CROP_PADDING", "0",
+                  "AUG.COLOR_JITTER", "0.0"]
+    never = build_transform(True, get_config(None, plain_opts + ["AUG.HFLIP", "0.0"]))
+    always = build_transform(True, get_config(None, plain_opts + ["AUG.HFLIP", "1.0"]))
+    for _ in range(4):
+        assert torch.equal(never(img), plain) and torch.equal(always(img), plain.flip(-1))
+    with pytest.raises(ConfigError, match="AUG.HFLIP is a probability"):
+        get_config(None, ["AUG.HFLIP", "1.5"])
 
 
 def test_normalization_and_test_crop_follow_the_config():
