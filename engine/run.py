@@ -18,9 +18,9 @@ traceback) when a collective fails because another rank died or hung (DIST_TIMEO
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import logging
-import itertools
 import math
 import os
 import time
