@@ -179,10 +179,11 @@ class ParquetDataset(LabeledImageDataset):
                         "scripts/prepare_imagenet.py.", rows_per_group.mean(), extra={"once_per_job": True})
         self.part_shards: list[np.ndarray] | None = None  # every rank's training rows with CACHE_MODE part
         if cache_mode != "no":
-            held = cached_indices(cache_mode, len(self), rank, world_size)
             if cache_mode == "part" and split == "train":
                 self.part_shards = self._group_shards(world_size)
                 held = self.part_shards[rank]
+            else:
+                held = cached_indices(cache_mode, len(self), rank, world_size)
             # filling holds the rows read and then their one buffer: about twice the cache at its peak
             ensure_fits(2 * image_bytes * len(held) // len(self), f"{split} images while filling the cache")
             self._cache = ByteCache(len(self), self._read_rows(held))

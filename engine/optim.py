@@ -135,11 +135,11 @@ class LRSchedule:
         t = step - self.warmup_steps if self.warmup_prefix else step
         if self.name == "step":
             return self.base_lr * (self.decay_rate ** (t // self.decay_steps))
-        length = self.total_steps - self.warmup_steps if self.warmup_prefix else self.total_steps
-        if self.hold_steps > self.warmup_steps:
-            if step < self.hold_steps:
-                return self.base_lr
-            t, length = step - self.hold_steps, self.total_steps - self.hold_steps
+        # the cosine starts after the warmup (warmup_prefix) or at 0, or after a longer hold at the peak rate
+        start = max(self.warmup_steps if self.warmup_prefix else 0, self.hold_steps)
+        if step < start:
+            return self.base_lr
+        t, length = step - start, self.total_steps - start
         if t >= length:  # past the single cycle (timm: cycle_limit=1)
             return self.min_lr
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * t / length))
