@@ -50,8 +50,13 @@ RUN_DIR=$OUTPUT/$MODEL_NAME/$TAG
 
 echo "== training on $NPROC process(es): $RUN_DIR"
 start=$(date +%s)
-"$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" main.py --cfg "$CFG" \
+# engine.launch is torchrun that, on Ctrl-C, lets the ranks save and exits as they do (see its docstring)
+"$PY" -m engine.launch --standalone --nproc_per_node="$NPROC" main.py --cfg "$CFG" \
     --data-path "$DATA_DIR" --output "$OUTPUT" --tag "$TAG" "$@"
+if [ ! -f "$RUN_DIR/eval.json" ]; then  # stopped (Ctrl-C) with a checkpoint to resume from
+    echo "== stopped before the end: run the same command again to resume"
+    exit 0
+fi
 "$PY" scripts/plot_metrics.py "$RUN_DIR" --out "$RUN_DIR/curves.png"
 end=$(date +%s)
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers.processes import REPO, RUN_OPTS, run_dir, wait_for_step
+from engine.distributed import StopRequest
+from tests.faults.inject import MARKER
+from tests.helpers.processes import INJECT, REPO, RUN_OPTS, TIMEOUT, run_dir, wait_for_step
 
 WATCHDOG_S = 60  # a process still alive this long after the error fails the test
 
@@ -73,11 +75,15 @@ def _run_to_the_end(cmd: list[str], tmp_path) -> tuple[int, str]:
     return _end(_launch(cmd, log_path), log_path)
 
 
-def _launcher(kind: str) -> list[str]:
-    if kind == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                os.path.join(REPO, "main.py")]
-    return [sys.executable, os.path.join(REPO, "main.py")]
+LAUNCHERS = {"torchrun": "torch.distributed.run", "launch": "engine.launch"}
+
+
+def _launcher(kind: str, script: list[str] | None = None) -> list[str]:
+    """`python main.py`, or torchrun / engine.launch with 2 ranks; `script` replaces main.py."""
+    script = script or [os.path.join(REPO, "main.py")]
+    if kind in LAUNCHERS:
+        return [sys.executable, "-m", LAUNCHERS[kind], "--standalone", "--nproc_per_node=2", *script]
+    return [sys.executable, *script]
 
 
 def _opts(tmp_path, workers: int) -> list[str]:
@@ -111,9 +117,11 @@ def test_under_torchrun_the_rank_that_failed_is_named_with_its_error_last(tmp_pa
     assert out.count("Traceback (most recent call last)") == 1, out[-5000:]  # torchrun's own, with the summary
 
 
-def test_under_torchrun_an_error_every_rank_hits_is_reported_once(tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "launch"])
+def test_under_torchrun_an_error_every_rank_hits_is_reported_once(tmp_path, launcher):
+    """engine.launch reports a rank's failure exactly as torchrun does."""
     missing = str(tmp_path / "missing.pth")
-    cmd = _launcher("torchrun") + ["--output", str(tmp_path / "out"), "--resume", missing, "--opts", *RUN_OPTS,
+    cmd = _launcher(launcher) + ["--output", str(tmp_path / "out"), "--resume", missing, "--opts", *RUN_OPTS,
                                    "DATA.DATASET", "synthetic"]
     code, out = _run_to_the_end(cmd, tmp_path)
     assert code == 1, out[-3000:]
@@ -146,3 +154,28 @@ def test_ctrl_c_with_eight_workers_saves_and_ends_every_process(tmp_path, launch
     code, out = _end(proc, log_path)
     assert code == (1 if launcher == "torchrun" else 0), out[-3000:]  # torchrun reports the SIGINT it got itself
     assert "part way through epoch 0); saved" in out, out[-3000:]
+
+
+def test_a_second_ctrl_c_to_engine_launch_aborts_the_save_in_one_line(tmp_path):
+    """Rank 0 hangs half way through the checkpoint the first Ctrl-C asked for; a second Ctrl-C aborts: the ranks
+    exit 130, the launcher says so in one line (no traceback, no summary), no process is left and no partial
+    checkpoint file either."""
+    out_dir = str(tmp_path / "out")
+    script = [INJECT, "hang-in-save", "1", "--"]
+    cmd = _launcher("launch", script) + ["--output", out_dir, "--opts", *RUN_OPTS, "DATA.DATASET", "synthetic",
+                                         "DATA.SYNTHETIC_TRAIN_SIZE", "256", "TRAIN.EPOCHS", "2"]
+    log_path = str(tmp_path / "run.log")
+    proc = _launch(cmd, log_path)
+    wait_for_step(proc, run_dir(out_dir), 3)
+    os.killpg(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + TIMEOUT
+    while MARKER not in open(log_path, errors="replace").read():
+        assert time.monotonic() < deadline and proc.poll() is None, open(log_path).read()[-3000:]
+        time.sleep(0.05)  # polling the log, not a synchronisation
+    time.sleep(StopRequest.REPEAT_S + 0.2)  # a second Ctrl-C, not an echo of the first
+    os.killpg(proc.pid, signal.SIGINT)
+    code, out = _end(proc, log_path)
+    assert code == 130, out[-3000:]
+    assert "engine.launch: aborted by a second signal; the ranks exited 130 without saving." in out, out[-3000:]
+    assert "Traceback" not in out and "Root Cause" not in out, out[-3000:]
+    assert not [n for n in os.listdir(run_dir(out_dir)) if ".pth" in n], os.listdir(run_dir(out_dir))

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from engine.launch import child_processes
 from tests.helpers.engine import TINY_SWIN
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,18 +47,10 @@ def run_all(cmds: list[list[str]], timeout: float = 300) -> list[tuple[int, str]
 
 
 def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # the process ended while we looked
-            children.setdefault(ppid, []).append(int(entry))
+    """Every process below `pid` (torchrun's workers, their DataLoader workers)."""
     found, todo = [], [pid]
     while todo:
-        for child in children.get(todo.pop(), []):
+        for child in child_processes(todo.pop()):
             found.append(child)
             todo.append(child)
     return found
@@ -105,13 +98,14 @@ def run_dir(output: str) -> str:
     return os.path.join(output, "swin_tiny_test", "t")
 
 
-def main_cmd(output: str, *opts: str, procs: int = 1, fault: list[str] | None = None) -> list[str]:
-    """`python main.py` (or torchrun with `procs` workers) on the tiny synthetic run; `fault` runs it through
-    tests/faults/inject.py with those arguments first."""
+def main_cmd(output: str, *opts: str, procs: int = 1, fault: list[str] | None = None,
+             launcher: str = "torch.distributed.run") -> list[str]:
+    """`python main.py` (or, with `procs` workers, `python -m <launcher>`: torchrun or engine.launch) on the
+    tiny synthetic run; `fault` runs it through tests/faults/inject.py with those arguments first."""
     script = [INJECT, *fault, "--"] if fault else [os.path.join(REPO, "main.py")]
     launch = [sys.executable] + script
     if procs > 1:
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] + script
+        launch = [sys.executable, "-m", launcher, "--standalone", f"--nproc_per_node={procs}"] + script
     return launch + ["--output", output, "--opts", *RUN_OPTS, *opts]
 
 

@@ -1,0 +1,123 @@
+"""`python -m engine.launch`: torchrun with a clean stop.
+
+Takes torchrun's arguments unchanged (`python -m engine.launch --nproc_per_node=8 main.py --cfg ...`) and runs
+torchrun. What differs is a stop signal to the launcher itself (a terminal's Ctrl-C reaches only the launcher:
+torchrun starts every rank in a session of its own). Plain torchrun raises on SIGINT or SIGTERM: it passes the
+signal on, kills the ranks that have not exited `--shutdown-timeout` seconds later (30 by default, which a large
+model's checkpoint save may need), prints a SignalException traceback and exits 1. Here SIGINT, SIGTERM and the
+SIGUSR1/SIGUSR2 that `--signals-to-handle` names are passed on to the ranks as they come while torchrun goes on
+watching them: the ranks finish their update, rank 0 saves the checkpoint to resume from, every rank exits 0, and
+so does the launcher, without a traceback.
+
+A second Ctrl-C reaches the ranks too, which then abort without saving (exit code 130, as a plain
+`python main.py` does); the launcher says so in one line and exits 130. A third signal, or one that comes while
+no rank is running (the rendezvous, the start), is torchrun's to handle: it ends the ranks, and the launcher
+exits 128 + the signal's number.
+
+Needs torch >= 2.9 (torchrun's `--signals-to-handle`); with an older torch the launcher is plain torchrun.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from types import FrameType
+
+# What the ranks take as a request to stop and save (engine.distributed.StopRequest); SIGUSR2 is passed on too
+# when asked for, as torchrun would.
+PASSED_ON = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+ABORTED = 130  # a rank's exit code after a second Ctrl-C (engine.run)
+
+
+def child_processes(pid: int) -> list[int]:
+    """The pids of the processes whose parent is `pid` (/proc on Linux, `ps` elsewhere)."""
+    if os.path.isdir("/proc/self"):
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])  # the name in brackets may hold spaces
+            except (OSError, IndexError, ValueError):
+                continue  # it ended while we looked
+            if ppid == pid:
+                found.append(int(entry))
+        return found
+    table = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    return [int(p) for p, pp in (line.split() for line in table.splitlines() if line.strip()) if int(pp) == pid]
+
+
+class PassOn:
+    """While active, the stop signals given go to this process's children (torchrun's ranks) instead of
+    torchrun's handler; a third one, or one while there are no children, raises torchrun's SignalException, as
+    torchrun's own handler would. Used as a context manager; the previous handlers come back on exit."""
+
+    def __init__(self, signums: list[int]) -> None:
+        self.signums = signums
+        self.count = 0  # signals passed on so far
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "PassOn":
+        for signum in self.signums:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+
+        ranks = child_processes(os.getpid())
+        if not ranks or self.count >= 2:
+            raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
+        self.count += 1
+        for pid in ranks:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:  # it exited meanwhile
+                pass
+
+
+def split_signals(names: str) -> tuple[list[int], str]:
+    """torchrun's `--signals-to-handle` list split into the signals passed on here and the list left to torchrun
+    (never empty: torchrun would warn about an empty name)."""
+    listed = [n.strip() for n in names.split(",") if n.strip()]
+    ours = [getattr(signal, n) for n in listed if n in PASSED_ON and hasattr(signal, n)]
+    theirs = [n for n in listed if n not in PASSED_ON]
+    return ours, ",".join(theirs or ["SIGQUIT"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
+
+    args = torchrun.parse_args(argv)
+    launch = record(torchrun.run)  # what torchrun's main does: the failing rank's error file reaches the summary
+    if getattr(args, "signals_to_handle", None) is None:  # torch < 2.9 cannot leave these signals to us
+        launch(args)
+        return 0
+    ours, args.signals_to_handle = split_signals(args.signals_to_handle)
+    with PassOn(ours) as passed:
+        try:
+            launch(args)
+        except SignalException as e:
+            print(f"engine.launch: stopped by {signal.Signals(e.sigval).name}; torchrun ended the ranks.",
+                  file=sys.stderr)
+            return 128 + int(e.sigval)
+        except ChildFailedError as e:
+            if passed.count < 2 or any(f.exitcode != ABORTED for f in e.failures.values()):
+                raise  # a failure of its own: torchrun's summary names the rank and its error
+            print(f"engine.launch: aborted by a second signal; the ranks exited {ABORTED} without saving.",
+                  file=sys.stderr)
+            return ABORTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
