@@ -145,6 +145,7 @@ def test_ctrl_c_to_a_two_process_job_stops_it_with_a_checkpoint_and_resume_is_bi
     after = text[text.index("Ctrl-C: stopping after this update"):].splitlines()
     assert len(after) <= 8 and "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
     assert text.count("Ctrl-C: stopping after this update") == 1, text[-3000:]  # said once, by rank 0
+    assert text[:text.index("Train: [")].count("\n") <= 40, text[:5000]  # start-up lines before the first step's
     code, text = finish(start(cmd, str(tmp_path / "b.log")), str(tmp_path / "b.log"))
     assert code == 0, text[-3000:]
     assert f"resumed from {path}" in text
