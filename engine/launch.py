@@ -4,15 +4,15 @@ Takes torchrun's arguments unchanged (`python -m engine.launch --nproc_per_node=
 torchrun. What differs is a stop signal to the launcher itself (a terminal's Ctrl-C reaches only the launcher:
 torchrun starts every rank in a session of its own). Plain torchrun raises on SIGINT or SIGTERM: it passes the
 signal on, kills the ranks that have not exited `--shutdown-timeout` seconds later (30 by default, which a large
-model's checkpoint save may need), prints a SignalException traceback and exits 1. Here SIGINT, SIGTERM and the
-SIGUSR1/SIGUSR2 that `--signals-to-handle` names are passed on to the ranks as they come while torchrun goes on
+model's checkpoint save may need), prints a SignalException traceback and exits 1. Here SIGINT, SIGTERM and,
+when `--signals-to-handle` names it, SIGUSR1 are passed on to the ranks as they come while torchrun goes on
 watching them: the ranks finish their update, rank 0 saves the checkpoint to resume from, every rank exits 0, and
 so does the launcher, without a traceback.
 
 A second Ctrl-C reaches the ranks too, which then abort without saving (exit code 130, as a plain
-`python main.py` does); the launcher says so in one line and exits 130. A third signal, or one that comes while
-no rank is running (the rendezvous, the start), is torchrun's to handle: it ends the ranks, and the launcher
-exits 128 + the signal's number.
+`python main.py` does); so does a signal that comes while a rank is still starting. The launcher then says so in
+one line and exits 128 + the signal's number (130 for SIGINT). A third signal, or one that comes while no rank is
+running (the rendezvous), is torchrun's to handle: it ends the ranks, and the launcher exits the same way.
 
 Needs torch >= 2.9 (torchrun's `--signals-to-handle`); with an older torch the launcher is plain torchrun.
 """
@@ -24,9 +24,9 @@ import subprocess
 import sys
 from types import FrameType
 
-# What the ranks take as a request to stop and save (engine.distributed.StopRequest); SIGUSR2 is passed on too
-# when asked for, as torchrun would.
-PASSED_ON = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+from engine.distributed import StopRequest
+
+PASSED_ON = StopRequest.SIGNALS  # what the ranks take as a request to stop after an update and save
 ABORTED = 130  # a rank's exit code after a second Ctrl-C (engine.run)
 
 
@@ -57,6 +57,7 @@ class PassOn:
     def __init__(self, signums: list[int]) -> None:
         self.signums = signums
         self.count = 0  # signals passed on so far
+        self.last = 0  # the last one
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "PassOn":
@@ -75,7 +76,7 @@ class PassOn:
         ranks = child_processes(os.getpid())
         if not ranks or self.count >= 2:
             raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
-        self.count += 1
+        self.count, self.last = self.count + 1, signum
         for pid in ranks:
             try:
                 os.kill(pid, signum)
@@ -111,11 +112,13 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 128 + int(e.sigval)
         except ChildFailedError as e:
-            if passed.count < 2 or any(f.exitcode != ABORTED for f in e.failures.values()):
+            # the first rank to fail decides; torchrun then ended the others (SIGTERM)
+            code = e.get_first_failure()[1].exitcode
+            if not passed.count or code not in (ABORTED, -passed.last):
                 raise  # a failure of its own: torchrun's summary names the rank and its error
-            print(f"engine.launch: aborted by a second signal; the ranks exited {ABORTED} without saving.",
-                  file=sys.stderr)
-            return ABORTED
+            print(f"engine.launch: the ranks ended on {signal.Signals(passed.last).name} without saving (the first "
+                  f"exited {code}).", file=sys.stderr)
+            return 128 + passed.last
     return 0
 
 

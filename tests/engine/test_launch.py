@@ -70,3 +70,5 @@ def test_split_signals_keeps_the_others_for_torchrun():
     ours, theirs = launch.split_signals(" SIGUSR1 , SIGTERM ")
     assert ours == [signal.SIGUSR1, signal.SIGTERM]
     assert theirs == "SIGQUIT"  # never empty: torchrun warns about a signal without a name
+    ours, theirs = launch.split_signals("SIGUSR2,SIGINT")  # the ranks do not stop on SIGUSR2: torchrun's to handle
+    assert ours == [signal.SIGINT] and theirs == "SIGUSR2"

@@ -176,6 +176,6 @@ def test_a_second_ctrl_c_to_engine_launch_aborts_the_save_in_one_line(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     code, out = _end(proc, log_path)
     assert code == 130, out[-3000:]
-    assert "engine.launch: aborted by a second signal; the ranks exited 130 without saving." in out, out[-3000:]
+    assert "engine.launch: the ranks ended on SIGINT without saving (the first exited 130)." in out, out[-3000:]
     assert "Traceback" not in out and "Root Cause" not in out, out[-3000:]
     assert not [n for n in os.listdir(run_dir(out_dir)) if ".pth" in n], os.listdir(run_dir(out_dir))
