@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SLURM launch: one torchrun per node, 8 GPUs each; torchrun starts the per-GPU processes.
+# SLURM launch: one launcher (torchrun) per node, 8 GPUs each; it starts the per-GPU processes.
 #
 #   sbatch --nodes=2 scripts/slurm.sh configs/swin_base.yaml /data/imagenet [main.py arguments...]
 #
@@ -29,8 +29,8 @@ shift 2
 PY=${PYTHON:-python}
 HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 GPUS=${GPUS_PER_NODE:-8}
-# torchrun forwards USR1 to the ranks and gives them time to save only from torch 2.9 on; older ones take
-# TERM (and give the ranks 30 s before killing them), so that is what this script sends them.
+# The launcher passes USR1 on to the ranks only from torch 2.9 on; older ones take TERM (and give the ranks
+# 30 s before killing them), so that is what this script sends them.
 STOP_SIGNAL=TERM
 TORCHRUN_EXTRA=()
 if "$PY" -m torch.distributed.run --help 2>/dev/null | grep -q -- --signals-to-handle; then
@@ -39,7 +39,9 @@ if "$PY" -m torch.distributed.run --help 2>/dev/null | grep -q -- --signals-to-h
 fi
 # srun does not inherit --cpus-per-task from sbatch (Slurm >= 22.05): without it a step may get one CPU for
 # every rank and its loader workers
-srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$PY" -m torch.distributed.run \
+# engine.launch is torchrun that passes the stop signal on to the ranks and waits for their save without a time
+# limit (see its docstring); with torch < 2.9 it is plain torchrun
+srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$PY" -m engine.launch \
     --nnodes="$SLURM_NNODES" --nproc_per_node="$GPUS" \
     --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$HEAD:${MASTER_PORT:-29500}" \
     ${TORCHRUN_EXTRA[@]+"${TORCHRUN_EXTRA[@]}"} \

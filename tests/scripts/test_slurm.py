@@ -76,7 +76,7 @@ def _stop(proc: subprocess.Popen, log, signum: int, forwarded: str) -> None:
 
 
 def _torchrun_args(srun_args: list[str]) -> list[str]:
-    i = srun_args.index("torch.distributed.run")
+    i = srun_args.index("engine.launch")  # takes torchrun's arguments
     assert srun_args[i - 1] == "-m"
     return srun_args[i + 1:]
 
