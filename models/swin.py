@@ -6,7 +6,7 @@ window are padded per block (then shifted, as torchvision and the official detec
 built for the runtime size and cached.
 """
 import logging
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -139,19 +139,13 @@ class SwinTransformerBlock(ShiftedWindows):
 
 
 class BasicLayer(nn.Module):
-    """One stage: `depth` blocks (odd ones shifted), then an optional PatchMerging."""
+    """One stage: its blocks (odd ones shifted), then an optional patch merging."""
 
-    def __init__(self, dim: int, input_resolution: Tuple[int, int], depth: int, num_heads: int,
-                 window_size: int, drop_path: Sequence[float], downsample: bool, use_checkpoint: bool,
-                 shift: bool, **block_kwargs) -> None:
+    def __init__(self, blocks: Sequence[nn.Module], downsample: Optional[nn.Module], use_checkpoint: bool) -> None:
         super().__init__()
         self.use_checkpoint = use_checkpoint
-        self.blocks = nn.ModuleList(
-            SwinTransformerBlock(dim, input_resolution, num_heads, window_size, shift and i % 2 == 1,
-                                 drop_path=drop_path[i], **block_kwargs)
-            for i in range(depth)
-        )
-        self.downsample = PatchMerging(dim) if downsample else None
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -162,11 +156,41 @@ class BasicLayer(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
+# make_block(stage, index in the stage, dim, (H, W) of the stage's map, drop path rate) -> the block
+BlockFactory = Callable[[int, int, int, Tuple[int, int], float], nn.Module]
+
+
 class SwinClassifier(nn.Module):
     """The classifier around a Swin backbone, shared by v1 and v2 (models/swinv2.py): patch embedding, optional
-    absolute position embedding, the stages, the final norm, global average pooling and the head. Subclasses build
-    patch_embed, absolute_pos_embed (or None), pos_drop, layers, norm and head, and set img_size, patch_size,
-    num_classes and num_features."""
+    absolute position embedding, the stages, the final norm, global average pooling and the head. The versions
+    differ in their blocks (`make_block`) and patch merging (`merging`); both are built here, in the official
+    order of modules, then initialised as officially."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, num_classes: int, embed_dim: int,
+                 depths: Sequence[int], window_size: int, drop_rate: float, drop_path_rate: float, ape: bool,
+                 patch_norm: bool, use_checkpoint: bool, *, make_block: BlockFactory,
+                 merging: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.num_classes, self.window_size, self.ape = num_classes, window_size, ape
+        self.num_layers = len(depths)
+        self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm)
+        self.absolute_pos_embed = nn.Parameter(torch.zeros(1, grid * grid, embed_dim)) if ape else None
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = drop_path_rates(drop_path_rate, depths)
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            dim, res = int(embed_dim * 2**i), stage_resolution(grid, i)
+            blocks = [make_block(i, j, dim, (res, res), dpr[i][j]) for j in range(depth)]
+            downsample = merging(dim) if i < self.num_layers - 1 else None
+            self.layers.append(BasicLayer(blocks, downsample, use_checkpoint))
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(init_weights)
+        if ape:
+            trunc_normal_(self.absolute_pos_embed, std=0.02)
 
     def no_weight_decay(self) -> Set[str]:
         """Parameter names the optimizer must not decay (official API)."""
@@ -229,33 +253,18 @@ class SwinTransformer(SwinClassifier):
         appearance: bool = True,
         attn_impl: str = "eager",
     ) -> None:
-        super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} must have the same length")
-        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
-        self.num_classes, self.window_size, self.ape = num_classes, window_size, ape
-        self.num_layers = len(depths)
-        self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
-        grid = img_size // patch_size
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm)
-        self.absolute_pos_embed = nn.Parameter(torch.zeros(1, grid * grid, embed_dim)) if ape else None
-        self.pos_drop = nn.Dropout(drop_rate)
-        dpr = drop_path_rates(drop_path_rate, depths)
-        self.layers = nn.ModuleList()
-        for i, depth in enumerate(depths):
-            res = stage_resolution(grid, i)
-            self.layers.append(BasicLayer(
-                int(embed_dim * 2**i), (res, res), depth, num_heads[i], window_size,
-                dpr[i], downsample=i < self.num_layers - 1,
-                use_checkpoint=use_checkpoint, shift=shift, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, rel_pos_bias=rel_pos_bias,
-                appearance=appearance, attn_impl=attn_impl,
-            ))
-        self.norm = nn.LayerNorm(self.num_features)
-        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(init_weights)
-        if ape:
-            trunc_normal_(self.absolute_pos_embed, std=0.02)
+
+        def make_block(stage: int, index: int, dim: int, resolution: Tuple[int, int],
+                       drop_path: float) -> SwinTransformerBlock:
+            return SwinTransformerBlock(dim, resolution, num_heads[stage], window_size, shift and index % 2 == 1,
+                                        mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path,
+                                        rel_pos_bias=rel_pos_bias, appearance=appearance, attn_impl=attn_impl)
+
+        super().__init__(img_size, patch_size, in_chans, num_classes, embed_dim, depths, window_size, drop_rate,
+                         drop_path_rate, ape, patch_norm, use_checkpoint, make_block=make_block,
+                         merging=PatchMerging)
         for module in self.modules():
             if isinstance(module, WindowAttention) and module.relative_position_bias_table is not None:
                 trunc_normal_(module.relative_position_bias_table, std=0.02)

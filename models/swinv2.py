@@ -21,14 +21,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import nn
 
 from .attention import ATTN_IMPLS, forced_impl
 from .linear import Linear, Mlp, onednn_eligible, onednn_linear
-from .swin import (PatchEmbed, ShiftedWindows, SwinClassifier, drop_path_rates, init_weights, merge_2x2,
-                   stage_resolution)
+from .swin import ShiftedWindows, SwinClassifier, merge_2x2
 from .window import relative_position_index
 
 log = logging.getLogger(__name__)
@@ -178,36 +176,6 @@ class PatchMerging(nn.Module):
         return self.norm(self.reduction(merge_2x2(x)))
 
 
-class BasicLayer(nn.Module):
-    """One stage: `depth` blocks (odd ones shifted), then an optional PatchMerging."""
-
-    def __init__(self, dim: int, input_resolution: Tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 drop_path: Sequence[float], downsample: bool, use_checkpoint: bool, **block_kwargs) -> None:
-        super().__init__()
-        self.use_checkpoint = use_checkpoint
-        self.blocks = nn.ModuleList(
-            SwinTransformerV2Block(dim, input_resolution, num_heads, window_size, i % 2 == 1,
-                                   drop_path=drop_path[i], **block_kwargs)
-            for i in range(depth)
-        )
-        self.downsample = PatchMerging(dim) if downsample else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            if self.use_checkpoint and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x if self.downsample is None else self.downsample(x)
-
-    def init_respostnorm(self) -> None:
-        """Zero the post-norms of every block (official init): each block starts as the identity."""
-        for block in self.blocks:
-            for norm in (block.norm1, block.norm2):
-                nn.init.zeros_(norm.weight)
-                nn.init.zeros_(norm.bias)
-
-
 class SwinTransformerV2(SwinClassifier):
     """Swin Transformer V2 classifier; (B, in_chans, H, W) images -> (B, num_classes) logits."""
 
@@ -232,36 +200,25 @@ class SwinTransformerV2(SwinClassifier):
         pretrained_window_sizes: Optional[Sequence[int]] = None,
         attn_impl: str = "auto",
     ) -> None:
-        super().__init__()
         pretrained_window_sizes = tuple(pretrained_window_sizes or (0,) * len(depths))  # 0: this model's window
         if not len(depths) == len(num_heads) == len(pretrained_window_sizes):
             raise ValueError(f"depths {tuple(depths)}, num_heads {tuple(num_heads)} and pretrained_window_sizes "
                              f"{pretrained_window_sizes} must have the same length")
-        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
-        self.num_classes, self.window_size, self.ape = num_classes, window_size, ape
-        self.num_layers = len(depths)
-        self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
-        grid = img_size // patch_size
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm)
-        self.absolute_pos_embed = nn.Parameter(torch.zeros(1, grid * grid, embed_dim)) if ape else None
-        self.pos_drop = nn.Dropout(drop_rate)
-        dpr = drop_path_rates(drop_path_rate, depths)
-        self.layers = nn.ModuleList()
-        for i, depth in enumerate(depths):
-            res = stage_resolution(grid, i)
-            self.layers.append(BasicLayer(
-                int(embed_dim * 2**i), (res, res), depth, num_heads[i], window_size,
-                dpr[i], downsample=i < self.num_layers - 1,
-                use_checkpoint=use_checkpoint, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
-                attn_drop=attn_drop_rate, pretrained_window_size=pretrained_window_sizes[i], attn_impl=attn_impl,
-            ))
-        self.norm = nn.LayerNorm(self.num_features)
-        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(init_weights)
-        for layer in self.layers:
-            layer.init_respostnorm()
-        if ape:
-            trunc_normal_(self.absolute_pos_embed, std=0.02)
+
+        def make_block(stage: int, index: int, dim: int, resolution: Tuple[int, int],
+                       drop_path: float) -> SwinTransformerV2Block:
+            return SwinTransformerV2Block(dim, resolution, num_heads[stage], window_size, index % 2 == 1, mlp_ratio,
+                                          qkv_bias, drop_rate, attn_drop_rate, drop_path,
+                                          pretrained_window_sizes[stage], attn_impl=attn_impl)
+
+        super().__init__(img_size, patch_size, in_chans, num_classes, embed_dim, depths, window_size, drop_rate,
+                         drop_path_rate, ape, patch_norm, use_checkpoint, make_block=make_block,
+                         merging=PatchMerging)
+        for module in self.modules():  # official init: every block starts as the identity (zero post-norms)
+            if isinstance(module, SwinTransformerV2Block):
+                for norm in (module.norm1, module.norm2):
+                    nn.init.zeros_(norm.weight)
+                    nn.init.zeros_(norm.bias)
 
     def no_weight_decay_keywords(self) -> Set[str]:
         """Name fragments of parameters the optimizer must not decay (official API): the position bias MLP and
