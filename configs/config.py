@@ -232,19 +232,31 @@ MODEL_KEYS = ("MODEL.TYPE", "MODEL.NAME", "MODEL.SWIN", "MODEL.SWINV2", "DATA.IM
 INPUT_KEYS = ("DATA.MEAN", "DATA.STD", "TEST.CROP_PCT")
 
 
-def with_model_of(cfg: CN, saved_yaml: str, source: str) -> tuple[CN, list[str]]:
+@dataclass(frozen=True)
+class Change:
+    """One key a saved config changed: printed as "MODEL.SWIN.EMBED_DIM 96 -> 16"."""
+
+    key: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.old} -> {self.new}"
+
+
+def with_model_of(cfg: CN, saved_yaml: str, source: str) -> tuple[CN, list[Change]]:
     """`cfg` with the model keys of a saved config (a checkpoint's 'config' entry, `source` names it) and the keys
-    that changed ("MODEL.SWIN.EMBED_DIM 96 -> 16"); `cfg` itself when none did."""
+    that changed; `cfg` itself when none did."""
     return _adopt(cfg, saved_yaml, source, MODEL_KEYS)
 
 
-def with_inputs_of(cfg: CN, saved_yaml: str, source: str) -> tuple[CN, list[str]]:
+def with_inputs_of(cfg: CN, saved_yaml: str, source: str) -> tuple[CN, list[Change]]:
     """`cfg` with a saved config's input normalization and crop (INPUT_KEYS) where `cfg` leaves them empty (a timm
     model's own, filled in when it trained), and the keys that changed."""
     return _adopt(cfg, saved_yaml, source, tuple(k for k in INPUT_KEYS if not _get(cfg, k)))
 
 
-def _adopt(cfg: CN, saved_yaml: str, source: str, keys: tuple) -> tuple[CN, list[str]]:
+def _adopt(cfg: CN, saved_yaml: str, source: str, keys: tuple) -> tuple[CN, list[Change]]:
     try:
         saved = yaml.safe_load(saved_yaml) or {}
     except yaml.YAMLError as e:
@@ -264,7 +276,7 @@ def _adopt(cfg: CN, saved_yaml: str, source: str, keys: tuple) -> tuple[CN, list
     for key in _leaf_keys(picked):
         mine, theirs = _get(cfg, key), _get(model, key)
         if mine != theirs:
-            changed.append(f"{key} {mine} -> {theirs}")
+            changed.append(Change(key, mine, theirs))
             _set(new, key, theirs)
     new.freeze()
     return (new, changed) if changed else (cfg, [])

@@ -189,10 +189,10 @@ def _model_of_checkpoint_to_evaluate(cfg: CfgNode) -> tuple[CfgNode, list[str]]:
     if saved is None:  # official, timm or other weights: the config decides the model
         return cfg, []
     adopted, changed = with_model_of(cfg, saved, cfg.MODEL.RESUME)
-    if all(c.startswith("MODEL.NAME ") for c in changed):  # the same model under another name: keep this run's
+    if all(c.key == "MODEL.NAME" for c in changed):  # the same model under another name: keep this run's
         adopted, changed = cfg, []
     # and the inputs it was trained on where the config leaves them empty (not a change of model: not reported)
-    return with_inputs_of(adopted, saved, cfg.MODEL.RESUME)[0], changed
+    return with_inputs_of(adopted, saved, cfg.MODEL.RESUME)[0], [str(c) for c in changed]
 
 
 def _saved_config(path: str) -> str | None:
