@@ -100,12 +100,13 @@ def test_a_data_error_with_live_workers_ends_every_process(tmp_path, workers):
     assert os.path.basename(bad) in out, out[-3000:]
 
 
-@pytest.mark.parametrize("workers", [0, 8])
-def test_under_torchrun_the_rank_that_failed_is_named_with_its_error_last(tmp_path, workers):
+@pytest.mark.parametrize("workers, launcher", [(0, "torchrun"), (8, "launch")])
+def test_under_torchrun_the_rank_that_failed_is_named_with_its_error_last(tmp_path, workers, launcher):
     """One rank reads the truncated image; the other fails in its next collective. torchrun's closing summary
-    must name the rank that read the file, with its message, and no process may be left."""
+    must name the rank that read the file, with its message, and no process may be left. engine.launch reports a
+    rank's failure exactly as torchrun does."""
     bad = _image_folder(str(tmp_path / "data"))
-    code, out = _run_to_the_end(_launcher("torchrun") + _opts(tmp_path, workers), tmp_path)
+    code, out = _run_to_the_end(_launcher(launcher) + _opts(tmp_path, workers), tmp_path)
     assert code == 1, out[-3000:]
     failed = [line for line in out.splitlines() if "CorruptImageError" in line or os.path.basename(bad) in line]
     assert failed, out[-3000:]
@@ -117,11 +118,9 @@ def test_under_torchrun_the_rank_that_failed_is_named_with_its_error_last(tmp_pa
     assert out.count("Traceback (most recent call last)") == 1, out[-5000:]  # torchrun's own, with the summary
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "launch"])
-def test_under_torchrun_an_error_every_rank_hits_is_reported_once(tmp_path, launcher):
-    """engine.launch reports a rank's failure exactly as torchrun does."""
+def test_under_torchrun_an_error_every_rank_hits_is_reported_once(tmp_path):
     missing = str(tmp_path / "missing.pth")
-    cmd = _launcher(launcher) + ["--output", str(tmp_path / "out"), "--resume", missing, "--opts", *RUN_OPTS,
+    cmd = _launcher("torchrun") + ["--output", str(tmp_path / "out"), "--resume", missing, "--opts", *RUN_OPTS,
                                    "DATA.DATASET", "synthetic"]
     code, out = _run_to_the_end(cmd, tmp_path)
     assert code == 1, out[-3000:]
