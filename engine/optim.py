@@ -185,13 +185,14 @@ def build_schedule(cfg: CfgNode, derived: Derived, updates_per_epoch: int, epoch
     raise ConfigError(f"TRAIN.LR_SCHEDULER.NAME {sched.NAME!r} is not supported; choose cosine, step or multistep.")
 
 
-def updates_within_budget(left_s: float, train_s: float, eval_s: float, updates_per_epoch: int, epochs_done: int,
-                          min_epochs: int, max_epochs: int) -> int:
+def updates_within_budget(left_s: float, epoch_s: tuple[float, float], updates_per_epoch: int, epochs_done: int,
+                          epochs: tuple[int, int]) -> int:
     """The run's length in optimizer updates for a wall-clock budget (TRAIN.TIME_BUDGET) with `left_s` seconds
-    left after `epochs_done` epochs, an epoch taking `train_s` seconds of training and `eval_s` of evaluation (as
-    measured): the whole epochs that fit, then the updates of one more, shorter epoch that fit with its evaluation
-    (when that is at least a tenth of an epoch); at least `min_epochs` (warmup plus one epoch of decay), at most
-    `max_epochs` (TRAIN.EPOCHS) whole epochs."""
+    left after `epochs_done` epochs, an epoch taking `epoch_s` = (train_s, eval_s) seconds of training and of
+    evaluation (as measured): the whole epochs that fit, then the updates of one more, shorter epoch that fit with
+    its evaluation (when that is at least a tenth of an epoch); `epochs` = (min_epochs, max_epochs): at least
+    warmup plus one epoch of decay, at most TRAIN.EPOCHS whole epochs."""
+    (train_s, eval_s), (min_epochs, max_epochs) = epoch_s, epochs
     per_update = train_s / updates_per_epoch
     whole = int(max(left_s, 0.0) // (train_s + eval_s)) if train_s + eval_s > 0 else max_epochs
     rest = max(left_s, 0.0) - whole * (train_s + eval_s)

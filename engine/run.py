@@ -480,8 +480,8 @@ def _fit_to_budget(run: Run, train_s: float, eval_s: float) -> None:
     budget_s = cfg.TRAIN.TIME_BUDGET * 60
     left = budget_s - (time.monotonic() - progress.started)
     min_epochs = max(math.ceil(cfg.TRAIN.WARMUP_EPOCHS), 1) + 1
-    updates = broadcast_object(updates_within_budget(left, train_s, eval_s, run.updates, run.state.epoch + 1,
-                                                     min_epochs, cfg.TRAIN.EPOCHS))
+    updates = broadcast_object(updates_within_budget(left, (train_s, eval_s), run.updates, run.state.epoch + 1,
+                                                     (min_epochs, cfg.TRAIN.EPOCHS)))
     progress.planned_updates = updates
     _set_length(run, updates)
     whole, part = divmod(updates, run.updates)

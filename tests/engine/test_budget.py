@@ -22,14 +22,14 @@ OPTS = TINY_SWIN + SHORT_RUN + ["TRAIN.EPOCHS", "5", "MODEL.DROP_PATH_RATE", "0.
 def test_updates_within_budget():
     # 100 s left after the first epoch of 10 updates, 30 s of training and 5 of evaluation an epoch: 2 more whole
     # epochs (70 s), then 8 updates of 3 s and their evaluation (29 s)
-    assert updates_within_budget(100, 30, 5, 10, 1, 2, 20) == 38
-    assert updates_within_budget(100, 30, 5, 10, 1, 2, 3) == 30  # never more than TRAIN.EPOCHS
-    assert updates_within_budget(75.5, 30, 5, 10, 1, 2, 20) == 30  # no time for one more update and its evaluation
-    assert updates_within_budget(77.5, 30, 5, 10, 1, 2, 20) == 30  # nor for a tenth of an epoch
-    assert updates_within_budget(78.5, 30, 5, 10, 1, 2, 20) == 31
-    assert updates_within_budget(-50, 30, 5, 10, 1, 2, 20) == 20  # over budget: warmup plus one epoch of decay
-    assert updates_within_budget(-50, 30, 5, 10, 1, 2, 1) == 10
-    assert updates_within_budget(100, 0, 0, 10, 1, 2, 20) == 200
+    assert updates_within_budget(100, (30, 5), 10, 1, (2, 20)) == 38
+    assert updates_within_budget(100, (30, 5), 10, 1, (2, 3)) == 30  # never more than TRAIN.EPOCHS
+    assert updates_within_budget(75.5, (30, 5), 10, 1, (2, 20)) == 30  # no time for one more update and its evaluation
+    assert updates_within_budget(77.5, (30, 5), 10, 1, (2, 20)) == 30  # nor for a tenth of an epoch
+    assert updates_within_budget(78.5, (30, 5), 10, 1, (2, 20)) == 31
+    assert updates_within_budget(-50, (30, 5), 10, 1, (2, 20)) == 20  # over budget: warmup plus one epoch of decay
+    assert updates_within_budget(-50, (30, 5), 10, 1, (2, 1)) == 10
+    assert updates_within_budget(100, (0, 0), 10, 1, (2, 20)) == 200
 
 
 def test_budget_rejects_negative_minutes():
