@@ -243,7 +243,8 @@ class StopRequest:
 
     Ctrl-C (SIGINT) stops like a preemption: the update finishes and the checkpoint to resume from is written. A
     second Ctrl-C aborts at once (KeyboardInterrupt); one that comes within `REPEAT_S` of the first counts as the
-    same request, since torchrun passes the terminal's SIGINT on to ranks that already got it.
+    same request, since a rank may get one Ctrl-C twice: from the terminal (a plain `python main.py` and its
+    workers share the terminal's process group) or SLURM, and from a launcher passing it on.
     Use as a context manager around training: the previous handlers come back on exit. Create it on every
     rank at the same point (under nccl it creates a gloo group, a collective).
     """

@@ -15,7 +15,7 @@ import torch
 
 import engine
 from configs import get_config
-from tests.helpers.processes import (RUN_OPTS, TIMEOUT, assert_bitwise_equal, finish, main_cmd, rank_pid, records,
+from tests.helpers.processes import (CLEAN_LAUNCH, RUN_OPTS, TIMEOUT, assert_bitwise_equal, finish, main_cmd, rank_pid, records,
                                      run_dir, start, wait_for_step)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc"), reason="finds torchrun's workers through /proc")
@@ -132,6 +132,7 @@ def test_sigterm_in_a_single_process_run_saves_mid_epoch_and_resumes_exactly(tmp
                          os.path.join(run_dir(str(tmp_path / "baseline")), "ckpt_epoch_0.pth"))
 
 
+@pytest.mark.skipif(not CLEAN_LAUNCH, reason="engine.launch needs torchrun's --signals-to-handle (torch >= 2.9)")
 def test_ctrl_c_to_a_two_process_job_stops_it_with_a_checkpoint_and_resume_is_bitwise_exact(tmp_path, baseline):
     """What a terminal does on Ctrl-C: SIGINT to the launcher's process group (torchrun's ranks run in sessions of
     their own, so only the launcher gets it); engine.launch passes it on and exits as the ranks do, 0, with no

@@ -11,10 +11,13 @@ import sys
 import time
 
 import torch
+from torch.distributed.run import get_args_parser
 
 from engine.launch import child_processes
 from tests.helpers.engine import TINY_SWIN
 
+# engine.launch stops cleanly where torchrun lets it take the stop signals (--signals-to-handle, torch >= 2.9)
+CLEAN_LAUNCH = "signals_to_handle" in vars(get_args_parser().parse_args(["main.py"]))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INJECT = os.path.join(REPO, "tests", "faults", "inject.py")
 TIMEOUT = 120  # seconds any single run of the fault tests may take before a test fails
