@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             code = e.get_first_failure()[1].exitcode
             if not passed.last or code not in (ABORTED, -passed.last):
                 raise  # a failure of its own: torchrun's summary names the rank and its error
-            print(f"engine.launch: the ranks ended on {signal.Signals(passed.last).name} without saving (the first "
-                  f"exited {code}).", file=sys.stderr)
+            print(f"engine.launch: stopped on {signal.Signals(passed.last).name}; the first rank to end exited {code} "
+                  "(aborted, or killed by the signal), so torchrun ended the others.", file=sys.stderr)
             return 128 + passed.last
     return 0
 
