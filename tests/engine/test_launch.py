@@ -17,7 +17,7 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 
 from engine import launch
 from engine.distributed import StopRequest
-from tests.helpers.processes import REPO
+from tests.helpers.processes import REPO, alive
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals and process groups")
 
@@ -62,14 +62,6 @@ def _group_leaders(n: int) -> list[tuple[subprocess.Popen, int]]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_signals_reach_each_ranks_whole_process_group(monkeypatch):
     pairs = _group_leaders(2)
     try:
@@ -79,7 +71,7 @@ def test_signals_reach_each_ranks_whole_process_group(monkeypatch):
             assert [p.wait(timeout=30) for p, _ in pairs] == [-signal.SIGUSR1] * 2
             for _, grandchild in pairs:  # not our child (init reaps it): poll until it has gone
                 deadline = time.monotonic() + 30
-                while _alive(grandchild):
+                while alive(grandchild):
                     assert time.monotonic() < deadline, "a rank's worker did not get the signal"
                     time.sleep(0.05)  # polling the process table, not a synchronisation
             passed._handle(signal.SIGUSR1, None)  # a repeat, to ranks that have exited meanwhile: no error

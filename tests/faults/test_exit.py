@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine.distributed import StopRequest
 from tests.faults.inject import MARKER
-from tests.helpers.processes import CLEAN_LAUNCH, INJECT, REPO, RUN_OPTS, TIMEOUT, run_dir, wait_for_step
+from tests.helpers.processes import CLEAN_LAUNCH, INJECT, REPO, RUN_OPTS, TIMEOUT, alive, run_dir, wait_for_step
 
 WATCHDOG_S = 60  # a process still alive this long after the error fails the test
 
@@ -36,14 +36,6 @@ def _image_folder(root) -> str:
     return bad
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _launch(cmd: list[str], log_path: str) -> subprocess.Popen:
     """Start `cmd` in its own process group (as a terminal would), output to log_path."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -57,13 +49,13 @@ def _end(proc: subprocess.Popen, log_path: str) -> tuple[int, str]:
     try:
         proc.wait(timeout=WATCHDOG_S + 60)
         deadline = time.monotonic() + WATCHDOG_S
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
+        while alive(proc.pid, group=True) and time.monotonic() < deadline:
             time.sleep(0.1)  # polling the process table, not a synchronisation
-        assert not _group_alive(proc.pid), "a worker of the run outlived it"
+        assert not alive(proc.pid, group=True), "a worker of the run outlived it"
     except subprocess.TimeoutExpired:
         raise AssertionError("the run did not exit") from None
     finally:
-        if _group_alive(proc.pid):
+        if alive(proc.pid, group=True):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     with open(log_path, errors="replace") as f:

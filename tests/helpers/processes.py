@@ -49,6 +49,15 @@ def run_all(cmds: list[list[str]], timeout: float = 300) -> list[tuple[int, str]
     return results
 
 
+def alive(pid: int, group: bool = False) -> bool:
+    """Whether process `pid` (with `group`: any process of the group `pid` leads) still exists."""
+    try:
+        (os.killpg if group else os.kill)(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` (torchrun's workers, their DataLoader workers)."""
     found, todo = [], [pid]
