@@ -134,3 +134,43 @@ def test_a_budget_can_end_part_way_through_an_epoch_and_resume_there(tmp_path, m
     assert again["global_step"] == 10 and not os.path.exists(os.path.join(run_dir, "ckpt_epoch_3.pth"))
     for k, v in final["model"].items():
         assert torch.equal(again["model"][k], v), k
+
+
+@pytest.mark.parametrize("stop_after", [9, 10])
+def test_a_stop_inside_the_shortened_last_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch, stop_after):
+    """The planned 10 updates end half way through epoch 2 (updates 9 and 10). SIGTERM after update 9 (inside that
+    epoch) or after update 10 (its last, before its evaluation) saves a mid-epoch checkpoint; the same command then
+    finishes the run to the weights of an uninterrupted one."""
+    import importlib
+    import signal
+
+    from engine import train as train_module
+
+    run_module = importlib.import_module("engine.run")
+    monkeypatch.setattr(run_module, "updates_within_budget", lambda *args: 10)  # 2.5 epochs of 4 updates
+    uninterrupted = _run(tmp_path / "a", "TRAIN.TIME_BUDGET", "1000")
+
+    real_step, calls = train_module._optimizer_step, []
+
+    def step_then_signal(ctx, bad):  # a real SIGTERM to this process, right after the chosen update
+        real_step(ctx, bad)
+        calls.append(1)
+        if len(calls) == stop_after:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train_module, "_optimizer_step", step_then_signal)
+    stopped = _run(tmp_path / "b", "TRAIN.TIME_BUDGET", "1000")
+    name = f"ckpt_epoch_2_step_{stop_after}.pth"
+    assert os.path.exists(os.path.join(stopped, name)) and not os.path.exists(os.path.join(stopped, "eval.json"))
+    saved = torch.load(os.path.join(stopped, name), weights_only=True, map_location="cpu")
+    assert saved["planned_updates"] == 10 and saved["epoch_progress"]["micro_batches"] == stop_after - 8
+
+    monkeypatch.undo()  # the planner and the signal gone: the saved length stands
+    _run(tmp_path / "b", "TRAIN.TIME_BUDGET", "1000")
+    with open(os.path.join(stopped, "eval.json")) as f:
+        assert json.load(f)["updates"] == 10
+    a, b = (torch.load(os.path.join(d, "ckpt_epoch_2.pth"), weights_only=True, map_location="cpu")
+            for d in (uninterrupted, stopped))
+    assert b["global_step"] == 10 and not os.path.exists(os.path.join(stopped, "ckpt_epoch_3.pth"))
+    for k, v in a["model"].items():
+        assert torch.equal(b["model"][k], v), k
