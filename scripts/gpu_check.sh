@@ -15,9 +15,10 @@
 #       logits and gradients
 #   (3) ddp_torchrun: torchrun main.py with one process per GPU (nccl; DDP, no_sync, the bucket all-reduce and the
 #       stop agreement between peers when there are several): tiny synthetic run, 2 epochs, eval.json written
-#   (4) preempt_resume: SIGTERM to torchrun part way through an epoch, the same command resumes from the mid-epoch
-#       checkpoint; final weights against an uninterrupted run (bitwise in the dry run on CPU; on CUDA the max
-#       difference, bounded: cudnn.benchmark and atomic adds make GPU runs differ in the last bits)
+#   (4) preempt_resume: SIGTERM to the launcher (scripts/launch.py) part way through an epoch (exit 0), the same command
+#       resumes from the mid-epoch checkpoint; final weights against an uninterrupted run (bitwise in the dry run
+#       on CPU; on CUDA the max difference, bounded: cudnn.benchmark and atomic adds make GPU runs differ in the
+#       last bits)
 #   (4b) deterministic: two runs with TRAIN.DETERMINISTIC end bitwise equal; its cost in epoch time
 #   (5) amp_bf16 / amp_fp16: main.py training under bf16 and under fp16 autocast (GradScaler), losses finite
 #   (5b) sync_bn: MODEL.SYNC_BN (SyncBatchNorm) through torchrun on 2 or more GPUs, eval.json written
@@ -177,7 +178,7 @@ if needs_yacs ddp_torchrun; then
   grep -m 1 "NCCL version" "$OUT/ddp_torchrun.log" || echo "(no NCCL start-up line in ddp_torchrun.log)"
 fi
 
-# (4) preemption and resume through torchrun
+# (4) preemption and resume through scripts/launch.py (torchrun with a clean stop)
 if needs_yacs preempt_resume; then
   GC_OPTS=$(json_list "${TINY[@]}" DATA.SYNTHETIC_TRAIN_SIZE 512 TRAIN.EPOCHS 2 TRAIN.WARMUP_EPOCHS 1 PRINT_FREQ 1 \
     MODEL.DROP_PATH_RATE 0.1) check preempt_resume 240 "${PYTEST[@]}" "$GPU_TESTS::test_preempt_resume"

@@ -13,8 +13,9 @@ CFG=${CFG:-configs/fashion_mnist.yaml}
 OUTPUT=${OUTPUT:-output}
 DEBIAN_DIR=/usr/share/datasets/fashion-mnist
 
-# 1. Python packages, only when something is missing.
-if ! "$PY" -c "import torch, torchvision, timm, yacs, tensorboard, matplotlib" 2>/dev/null; then
+# 1. Python packages, only when something is missing (looked up, not imported: importing them takes seconds).
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" \
+        torch torchvision timm yacs tensorboard matplotlib 2>/dev/null; then
     echo "== installing Python packages from requirements.txt"
     "$PY" -m pip install -r requirements.txt
 fi
@@ -50,8 +51,8 @@ RUN_DIR=$OUTPUT/$MODEL_NAME/$TAG
 
 echo "== training on $NPROC process(es): $RUN_DIR"
 start=$(date +%s)
-# engine.launch is torchrun that, on Ctrl-C, lets the ranks save and exits as they do (see its docstring)
-"$PY" -m engine.launch --standalone --nproc_per_node="$NPROC" main.py --cfg "$CFG" \
+# scripts/launch.py is torchrun that, on Ctrl-C, lets the ranks save and exits as they do (see its docstring)
+"$PY" scripts/launch.py --standalone --nproc_per_node="$NPROC" main.py --cfg "$CFG" \
     --data-path "$DATA_DIR" --output "$OUTPUT" --tag "$TAG" "$@"
 if [ ! -f "$RUN_DIR/eval.json" ]; then  # stopped (Ctrl-C) with a checkpoint to resume from
     echo "== stopped before the end: run the same command again to resume"

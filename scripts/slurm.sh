@@ -39,9 +39,9 @@ if "$PY" -m torch.distributed.run --help 2>/dev/null | grep -q -- --signals-to-h
 fi
 # srun does not inherit --cpus-per-task from sbatch (Slurm >= 22.05): without it a step may get one CPU for
 # every rank and its loader workers
-# engine.launch is torchrun that passes the stop signal on to the ranks and waits for their save without a time
+# scripts/launch.py is torchrun that passes the stop signal on to the ranks and waits for their save without a time
 # limit (see its docstring); with torch < 2.9 it is plain torchrun
-srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$PY" -m engine.launch \
+srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$PY" scripts/launch.py \
     --nnodes="$SLURM_NNODES" --nproc_per_node="$GPUS" \
     --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$HEAD:${MASTER_PORT:-29500}" \
     ${TORCHRUN_EXTRA[@]+"${TORCHRUN_EXTRA[@]}"} \

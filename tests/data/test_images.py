@@ -77,7 +77,7 @@ def _corrupt_folder(root):
 def test_corrupt_error_names_file(tmp_path):
     bad = _corrupt_folder(tmp_path)
     ds = FolderDataset(str(tmp_path), "train", build_transform(False, make_cfg()))
-    with pytest.raises(CorruptImageError, match="a_1.JPEG"):
+    with pytest.raises(CorruptImageError, match=os.path.basename(bad)):
         ds[1]
     assert ds[0][1] == 0
 

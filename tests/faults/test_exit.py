@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine.distributed import StopRequest
 from tests.faults.inject import MARKER
-from tests.helpers.processes import CLEAN_LAUNCH, INJECT, REPO, RUN_OPTS, TIMEOUT, alive, run_dir, wait_for_step
+from tests.helpers.processes import CLEAN_LAUNCH, INJECT, LAUNCHERS, REPO, RUN_OPTS, TIMEOUT, alive, run_dir, wait_for_step
 
 WATCHDOG_S = 60  # a process still alive this long after the error fails the test
 
@@ -67,14 +67,11 @@ def _run_to_the_end(cmd: list[str], tmp_path) -> tuple[int, str]:
     return _end(_launch(cmd, log_path), log_path)
 
 
-LAUNCHERS = {"torchrun": "torch.distributed.run", "launch": "engine.launch"}
-
-
 def _launcher(kind: str, script: list[str] | None = None) -> list[str]:
-    """`python main.py`, or torchrun / engine.launch with 2 ranks; `script` replaces main.py."""
+    """`python main.py`, or torchrun / scripts/launch.py with 2 ranks; `script` replaces main.py."""
     script = script or [os.path.join(REPO, "main.py")]
     if kind in LAUNCHERS:
-        return [sys.executable, "-m", LAUNCHERS[kind], "--standalone", "--nproc_per_node=2", *script]
+        return LAUNCHERS[kind] + ["--standalone", "--nproc_per_node=2", *script]
     return [sys.executable, *script]
 
 
@@ -95,7 +92,7 @@ def test_a_data_error_with_live_workers_ends_every_process(tmp_path, workers):
 @pytest.mark.parametrize("workers, launcher", [(0, "torchrun"), (8, "launch")])
 def test_under_torchrun_the_rank_that_failed_is_named_with_its_error_last(tmp_path, workers, launcher):
     """One rank reads the truncated image; the other fails in its next collective. torchrun's closing summary
-    must name the rank that read the file, with its message, and no process may be left. engine.launch reports a
+    must name the rank that read the file, with its message, and no process may be left. scripts/launch.py reports a
     rank's failure exactly as torchrun does."""
     bad = _image_folder(str(tmp_path / "data"))
     code, out = _run_to_the_end(_launcher(launcher) + _opts(tmp_path, workers), tmp_path)
@@ -137,9 +134,9 @@ def test_a_diverged_run_with_eight_workers_ends_every_process(tmp_path, launcher
 @pytest.mark.parametrize("launcher, signum", [("python", signal.SIGINT), ("torchrun", signal.SIGINT),
                                               ("launch", signal.SIGTERM)])
 def test_a_stop_with_eight_workers_saves_and_ends_every_process(tmp_path, launcher, signum):
-    """Ctrl-C, or SIGTERM to the launcher alone; torchrun exits 1 on a signal it got itself, engine.launch 0."""
+    """Ctrl-C, or SIGTERM to the launcher alone; torchrun exits 1 on a signal it got itself, launch.py 0."""
     if launcher == "launch" and not CLEAN_LAUNCH:
-        pytest.skip("engine.launch needs torchrun's --signals-to-handle (torch >= 2.9)")
+        pytest.skip("scripts/launch.py needs torchrun's --signals-to-handle (torch >= 2.9)")
     out_dir = str(tmp_path / "out")
     cmd = _launcher(launcher) + ["--output", out_dir, "--opts", *RUN_OPTS, *SYNTHETIC_8_WORKERS]
     log_path = str(tmp_path / "run.log")
@@ -155,8 +152,8 @@ def test_a_stop_with_eight_workers_saves_and_ends_every_process(tmp_path, launch
     assert launcher == "torchrun" or "Traceback" not in out, out[-3000:]  # torchrun's own SignalException
 
 
-@pytest.mark.skipif(not CLEAN_LAUNCH, reason="engine.launch needs torchrun's --signals-to-handle (torch >= 2.9)")
-def test_a_second_ctrl_c_to_engine_launch_aborts_the_save_in_one_line(tmp_path):
+@pytest.mark.skipif(not CLEAN_LAUNCH, reason="scripts/launch.py needs torchrun's --signals-to-handle (torch >= 2.9)")
+def test_a_second_ctrl_c_to_launch_py_aborts_the_save_in_one_line(tmp_path):
     """Rank 0 hangs half way through the checkpoint the first Ctrl-C asked for; a second Ctrl-C aborts: the ranks
     exit 130, the launcher says so in one line (no traceback, no summary), no process is left and no partial
     checkpoint file either."""
@@ -176,7 +173,7 @@ def test_a_second_ctrl_c_to_engine_launch_aborts_the_save_in_one_line(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     code, out = _end(proc, log_path)
     assert code == 130, out[-3000:]
-    assert "engine.launch: stopped on SIGINT; torchrun ended the job (a rank still running then did not save)." \
+    assert "launch.py: stopped on SIGINT; torchrun ended the job (a rank still running then did not save)." \
         in out, out[-3000:]
     assert "Traceback" not in out and "Root Cause" not in out, out[-3000:]
     assert not [n for n in os.listdir(run_dir(out_dir)) if ".pth" in n], os.listdir(run_dir(out_dir))

@@ -1,6 +1,7 @@
-"""Preemption: a SIGUSR1 that only rank 1 of a 2-process torchrun job receives stops both ranks after the same
-update with a mid-epoch checkpoint and exit code 0, and the same command finishes the run bitwise equal to an
-uninterrupted one; SIGTERM does the same to a single-process run (which restores the previous handler)."""
+"""Preemption: a SIGUSR1 that only rank 1 of a 2-process job receives stops both ranks after the same update with a
+mid-epoch checkpoint and exit code 0, a Ctrl-C to the launcher does the same, and the same command finishes the run
+bitwise equal to an uninterrupted one; SIGTERM does the same to a single-process run (which restores the previous
+handler)."""
 from __future__ import annotations
 
 import os
@@ -42,51 +43,58 @@ def _interrupt(cmd: list[str], log: str, directory: str, min_step: int, send) ->
     return code, out, time.monotonic() - sent
 
 
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> str:
-    """The uninterrupted 2-process run both stop tests compare with; returns its run directory."""
-    root = tmp_path_factory.mktemp("preempt_baseline")
+def _baseline(root) -> str:
+    """The uninterrupted 2-process run the stopped one is compared with; returns its run directory."""
     out = str(root / "baseline")
     code, text = finish(start(main_cmd(out, *OPTS, procs=2), str(root / "baseline.log")), str(root / "baseline.log"))
     assert code == 0, text[-3000:]
     return run_dir(out)
 
 
-def _two_process_stop(tmp_path, send, launcher: str = "torch.distributed.run"
-                      ) -> tuple[list[str], str, int, str, float]:
-    """The 2-process run stopped by send(the launcher's Popen) in epoch 1; returns (command, run directory, exit
-    code, output, seconds to stop)."""
+def test_two_stops_of_a_two_process_job_then_resume_is_bitwise_exact(tmp_path):
+    """One job stopped twice and resumed by the same command each time. First SIGUSR1 (SLURM's early warning) to
+    rank 1 only, in epoch 0: rank 0 must learn of it and stop after the same update. Then Ctrl-C in epoch 1, as a
+    terminal sends it: SIGINT to the launcher's process group (torchrun's ranks run in sessions of their own, so
+    only the launcher gets it); scripts/launch.py passes it on and exits as the ranks do, 0, with no traceback and a
+    few lines after the signal. The finished run equals the uninterrupted one bit for bit."""
+    launcher = "launch" if CLEAN_LAUNCH else "torchrun"
     out = str(tmp_path / "preempted")
-    cmd = main_cmd(out, *OPTS, procs=2, launcher=launcher)
-    code, text, seconds = _interrupt(cmd, str(tmp_path / "a.log"), run_dir(out), UPDATES + 2, send)
-    return cmd, run_dir(out), code, text, seconds
+    cmd, d = main_cmd(out, *OPTS, procs=2, launcher=launcher), run_dir(out)
 
-
-def test_sigusr1_to_one_rank_stops_both_mid_epoch_and_resume_is_bitwise_exact(tmp_path, baseline):
-    # SIGUSR1 (SLURM's early warning) to rank 1 only: rank 0 must learn of it and stop after the same update.
-    cmd, d, code, text, seconds = _two_process_stop(
-        tmp_path, lambda p: os.kill(rank_pid(p, 1), signal.SIGUSR1))
-    assert code == 0, text[-3000:]  # torchrun's exit code: both workers exited 0
-    assert seconds < 60
-    path, step = _stopped_checkpoint(d, 1)
-    assert UPDATES + 2 <= step < 2 * UPDATES, "the stop should fall inside epoch 1"
-    assert f"Stopping on SIGUSR1 (update {step}, part way through epoch 1); saved {path}" in text
+    code, text, seconds = _interrupt(cmd, str(tmp_path / "a.log"), d, 3,
+                                     lambda p: os.kill(rank_pid(p, 1), signal.SIGUSR1))
+    assert code == 0 and seconds < 60, text[-3000:]  # the launcher's exit code: both ranks exited 0
+    path, step = _stopped_checkpoint(d, 0)
+    assert 3 <= step < UPDATES, "the stop should fall inside epoch 0"
+    assert f"Stopping on SIGUSR1 (update {step}, part way through epoch 0); saved {path}" in text
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    assert ckpt["epoch"] == 0 and ckpt["global_step"] == step and len(ckpt["rng"]) == 2
-    micro = 2 * (step - UPDATES)
+    assert ckpt["epoch"] == -1 and ckpt["global_step"] == step and len(ckpt["rng"]) == 2  # no epoch finished yet
+    micro = 2 * step
     progress = dict(ckpt["epoch_progress"])
     assert progress.pop("loss_count") == 2 * micro and progress.pop("loss_sum") > 0  # micro-batches of both ranks
-    assert progress == {"epoch": 1, "micro_batches": micro, "batch_size": 4, "accumulation_steps": 2,
+    assert progress == {"epoch": 0, "micro_batches": micro, "batch_size": 4, "accumulation_steps": 2,
                         "world_size": 2}
 
-    # The same command resumes after that update and ends bitwise equal to the uninterrupted run.
-    code, text = finish(start(cmd, str(tmp_path / "b.log")), str(tmp_path / "b.log"))
+    code, text, seconds = _interrupt(cmd, str(tmp_path / "b.log"), d, UPDATES + 2,
+                                     lambda p: os.killpg(p.pid, signal.SIGINT))
+    assert f"resumed from {path} (epoch 0 after {micro} of 32 micro-batches, step {step})" in text
+    assert seconds < 60, text[-3000:]
+    path, step = _stopped_checkpoint(d, 1)
+    assert f"Stopping on SIGINT (update {step}, part way through epoch 1); saved {path}" in text
+    assert text.count("Ctrl-C: stopping after this update") == 1, text[-3000:]  # said once, by rank 0
+    assert text[:text.index("Train: [")].count("\n") <= 40, text[:5000]  # start-up lines before the first step's
+    if CLEAN_LAUNCH:
+        after = text[text.index("Ctrl-C: stopping after this update"):].splitlines()
+        assert code == 0 and len(after) <= 8 and "Traceback" not in text, text[-3000:]
+    assert "KeyboardInterrupt" not in text, text[-3000:]
+
+    code, text = finish(start(cmd, str(tmp_path / "c.log")), str(tmp_path / "c.log"))
     assert code == 0, text[-3000:]
-    assert f"resumed from {path} (epoch 1 after {micro} of 32 micro-batches, step {step})" in text
-    # the interrupted epoch's train_loss is the mean over all of its micro-batches, as in the uninterrupted run
-    (resumed,), (uninterrupted,) = ([r["train_loss"] for r in records(run_dir) if r["kind"] == "epoch" and
-                                     r["epoch"] == 1] for run_dir in (d, baseline))
-    assert resumed == pytest.approx(uninterrupted, rel=1e-6)
+    assert f"resumed from {path}" in text
+    baseline = _baseline(tmp_path)
+    # each interrupted epoch's train_loss is the mean over all of its micro-batches, as in the uninterrupted run
+    resumed, uninterrupted = ([r["train_loss"] for r in records(directory, "epoch")] for directory in (d, baseline))
+    assert resumed == pytest.approx(uninterrupted, rel=1e-6) and len(resumed) == 2
     assert sorted(n for n in os.listdir(d) if n.endswith(".pth")) == ["ckpt_epoch_0.pth", "ckpt_epoch_1.pth"]
     assert_bitwise_equal(os.path.join(d, "ckpt_epoch_1.pth"), os.path.join(baseline, "ckpt_epoch_1.pth"))
 
@@ -130,27 +138,6 @@ def test_sigterm_in_a_single_process_run_saves_mid_epoch_and_resumes_exactly(tmp
     assert f"resumed from {path}" in open(os.path.join(d, "log.txt")).read()
     assert_bitwise_equal(os.path.join(d, "ckpt_epoch_0.pth"),
                          os.path.join(run_dir(str(tmp_path / "baseline")), "ckpt_epoch_0.pth"))
-
-
-@pytest.mark.skipif(not CLEAN_LAUNCH, reason="engine.launch needs torchrun's --signals-to-handle (torch >= 2.9)")
-def test_ctrl_c_to_a_two_process_job_stops_it_with_a_checkpoint_and_resume_is_bitwise_exact(tmp_path, baseline):
-    """What a terminal does on Ctrl-C: SIGINT to the launcher's process group (torchrun's ranks run in sessions of
-    their own, so only the launcher gets it); engine.launch passes it on and exits as the ranks do, 0, with no
-    traceback and a few lines after the signal."""
-    cmd, d, code, text, seconds = _two_process_stop(tmp_path, lambda p: os.killpg(p.pid, signal.SIGINT),
-                                                    launcher="engine.launch")
-    assert seconds < 60, text[-3000:]
-    path, step = _stopped_checkpoint(d, 1)
-    assert code == 0, text[-3000:]
-    assert f"Stopping on SIGINT (update {step}, part way through epoch 1); saved {path}" in text
-    after = text[text.index("Ctrl-C: stopping after this update"):].splitlines()
-    assert len(after) <= 8 and "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
-    assert text.count("Ctrl-C: stopping after this update") == 1, text[-3000:]  # said once, by rank 0
-    assert text[:text.index("Train: [")].count("\n") <= 40, text[:5000]  # start-up lines before the first step's
-    code, text = finish(start(cmd, str(tmp_path / "b.log")), str(tmp_path / "b.log"))
-    assert code == 0, text[-3000:]
-    assert f"resumed from {path}" in text
-    assert_bitwise_equal(os.path.join(d, "ckpt_epoch_1.pth"), os.path.join(baseline, "ckpt_epoch_1.pth"))
 
 
 def test_a_second_ctrl_c_aborts_and_an_echo_of_the_first_does_not(monkeypatch):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from scripts import benchmark as B
+from tests.helpers.processes import CLEAN_LAUNCH
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif("GC_DEVICE" not in os.environ, reason="device checks: run by scripts/gpu_check.sh")]
@@ -213,11 +214,12 @@ def test_deterministic():
 
 
 def test_preempt_resume():
-    """SIGTERM to torchrun mid-epoch, resume, final weights against an uninterrupted run."""
+    """SIGTERM to the launcher (scripts/launch.py: torchrun with a clean stop) mid-epoch, resume, final weights against
+    an uninterrupted run."""
     dev, nproc = os.environ["GC_DEVICE"], os.environ["NPROC"]
 
     def launch(tag):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "main.py",
+        cmd = [sys.executable, "scripts/launch.py", "--standalone", f"--nproc_per_node={nproc}", "main.py",
                "--device", dev, "--output", os.environ["GC_RUNS"], "--tag", tag, "--opts", *_opts()]
         return subprocess.Popen(cmd, start_new_session=True)
 
@@ -236,7 +238,9 @@ def test_preempt_resume():
         assert p.poll() is None and time.monotonic() - t0 < 300, "the run ended or stalled before update 3"
         time.sleep(0.05)
     os.killpg(p.pid, signal.SIGTERM)
-    print("SIGTERM to torchrun after update", max(steps("cut")), "; exit", p.wait(timeout=300))
+    code = p.wait(timeout=300)
+    print("SIGTERM to the launcher after update", max(steps("cut")), "; exit", code)
+    assert code == 0 or not CLEAN_LAUNCH, "the ranks and the launcher exit 0 after a stop that saved"
     mid = glob.glob(os.path.join(_run_dir("cut"), "ckpt_epoch_*_step_*.pth"))
     assert mid, "no mid-epoch checkpoint after SIGTERM"
     print("mid-epoch checkpoint:", [os.path.basename(m) for m in mid])

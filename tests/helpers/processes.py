@@ -13,13 +13,15 @@ import time
 import torch
 from torch.distributed.run import get_args_parser
 
-from engine.launch import child_processes
+from scripts.launch import child_processes
 from tests.helpers.engine import TINY_SWIN
 
-# engine.launch stops cleanly where torchrun lets it take the stop signals (--signals-to-handle, torch >= 2.9)
+# scripts/launch.py stops cleanly where torchrun lets it take the stop signals (--signals-to-handle, torch >= 2.9)
 CLEAN_LAUNCH = "signals_to_handle" in vars(get_args_parser().parse_args(["main.py"]))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INJECT = os.path.join(REPO, "tests", "faults", "inject.py")
+LAUNCHERS = {"torchrun": [sys.executable, "-m", "torch.distributed.run"],
+             "launch": [sys.executable, os.path.join(REPO, "scripts", "launch.py")]}
 TIMEOUT = 120  # seconds any single run of the fault tests may take before a test fails
 
 # Randomness on (drop path, mixup/cutmix, EMA) and accumulation 2, so an inexact resume shows in the weights.
@@ -111,13 +113,13 @@ def run_dir(output: str) -> str:
 
 
 def main_cmd(output: str, *opts: str, procs: int = 1, fault: list[str] | None = None,
-             launcher: str = "torch.distributed.run") -> list[str]:
-    """`python main.py` (or, with `procs` workers, `python -m <launcher>`: torchrun or engine.launch) on the
+             launcher: str = "torchrun") -> list[str]:
+    """`python main.py` (or, with `procs` workers, torchrun or scripts/launch.py: `launcher`) on the
     tiny synthetic run; `fault` runs it through tests/faults/inject.py with those arguments first."""
     script = [INJECT, *fault, "--"] if fault else [os.path.join(REPO, "main.py")]
     launch = [sys.executable] + script
     if procs > 1:
-        launch = [sys.executable, "-m", launcher, "--standalone", f"--nproc_per_node={procs}"] + script
+        launch = LAUNCHERS[launcher] + ["--standalone", f"--nproc_per_node={procs}"] + script
     return launch + ["--output", output, "--opts", *RUN_OPTS, *opts]
 
 

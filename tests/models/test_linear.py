@@ -2,7 +2,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import Mlp as TimmMlp
 from torch import nn

@@ -76,8 +76,7 @@ def _stop(proc: subprocess.Popen, log, signum: int, forwarded: str) -> None:
 
 
 def _torchrun_args(srun_args: list[str]) -> list[str]:
-    i = srun_args.index("engine.launch")  # takes torchrun's arguments
-    assert srun_args[i - 1] == "-m"
+    i = srun_args.index("scripts/launch.py")  # takes torchrun's arguments
     return srun_args[i + 1:]
 
 

@@ -1,4 +1,4 @@
-"""engine.launch's parts: finding torchrun's ranks (its child processes), passing stop signals on to their process
+"""scripts/launch.py's parts: finding torchrun's ranks (its child processes), passing stop signals on to their process
 groups, the second Ctrl-C or a signal without ranks left to torchrun, and which signals torchrun keeps. The whole
 launcher runs in tests/faults (test_preemption: Ctrl-C and a bitwise resume; test_exit: a second Ctrl-C, SIGTERM,
 a rank's failure)."""
@@ -15,7 +15,7 @@ import time
 import pytest
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from engine import launch
+from scripts import launch
 from engine.distributed import StopRequest
 from tests.helpers.processes import REPO, alive
 
@@ -34,7 +34,7 @@ def test_child_processes_are_exactly_the_children_through_proc_and_through_ps():
     script = textwrap.dedent(f"""
         import json, os, subprocess, sys
         sys.path.insert(0, {REPO!r})
-        from engine import launch
+        from scripts import launch
         sleeper = {SLEEPER!r}
         nested = [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen(sys.argv[1:]); time.sleep(60)"]
         kids = [subprocess.Popen(sleeper), subprocess.Popen(nested + sleeper)]

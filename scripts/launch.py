@@ -1,7 +1,7 @@
-"""`python -m engine.launch`: torchrun with a clean stop.
+"""`python scripts/launch.py`: torchrun with a clean stop.
 
-Takes torchrun's arguments unchanged (`python -m engine.launch --nproc_per_node=8 main.py --cfg ...`) and runs
-torchrun. What differs is a stop signal to the launcher itself (a terminal's Ctrl-C reaches only the launcher:
+Takes torchrun's arguments unchanged (`python scripts/launch.py --nproc_per_node=8 main.py --cfg ...`) and runs
+torchrun; it imports nothing of the project, so it starts as fast as torchrun. What differs is a stop signal to the launcher itself (a terminal's Ctrl-C reaches only the launcher:
 torchrun starts every rank in a session of its own). Plain torchrun raises on SIGINT or SIGTERM: it passes the
 signal on, kills the ranks that have not exited `--shutdown-timeout` seconds later (30 by default, which a large
 model's checkpoint save may need), prints a SignalException traceback and exits 1. Here SIGINT, SIGTERM and,
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             launch(args)
         except SignalException as e:
-            print(f"engine.launch: stopped on {signal.Signals(e.sigval).name}; torchrun ended the job (a rank still "
+            print(f"launch.py: stopped on {signal.Signals(e.sigval).name}; torchrun ended the job (a rank still "
                   "running then did not save).", file=sys.stderr)
             return 128 + int(e.sigval)
         except ChildFailedError as e:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             code = e.get_first_failure()[1].exitcode
             if not passed.last or code not in (ABORTED, -passed.last):
                 raise  # a failure of its own: torchrun's summary names the rank and its error
-            print(f"engine.launch: stopped on {signal.Signals(passed.last).name}; the first rank to end exited {code} "
+            print(f"launch.py: stopped on {signal.Signals(passed.last).name}; the first rank to end exited {code} "
                   "(aborted, or killed by the signal), so torchrun ended the others.", file=sys.stderr)
             return 128 + passed.last
     return 0
