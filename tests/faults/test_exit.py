@@ -81,7 +81,7 @@ def _opts(tmp_path, workers: int) -> list[str]:
             "TRAIN.EPOCHS", "2"]
 
 
-@pytest.mark.parametrize("workers", [0, 1, 2])
+@pytest.mark.parametrize("workers", [0, 1])  # and 8 under the launchers below
 def test_a_data_error_with_live_workers_ends_every_process(tmp_path, workers):
     bad = _image_folder(str(tmp_path / "data"))
     code, out = _run_to_the_end(_launcher("python") + _opts(tmp_path, workers), tmp_path)
