@@ -28,7 +28,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def test_statistics_become_the_mean_over_ranks(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    # forked, not spawned: the workers need no second import of torch
+    mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork")
     outs = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert outs[0]["n"] == outs[1]["n"] == 2  # the two BatchNorm layers, not the LayerNorm
     for out in outs:

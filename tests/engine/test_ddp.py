@@ -48,7 +48,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, start_method="fork")
     outs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
     model = tiny_model(seed=0)
