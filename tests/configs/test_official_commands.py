@@ -1,17 +1,16 @@
-"""Commands copied from the official release work: its config paths, its flags, its launcher."""
+"""Commands copied from the official release work: its config paths and its flags (its launcher form,
+`python -m torch.distributed.launch ... --master_port P main.py`, runs in tests/engine/test_run.py)."""
 from __future__ import annotations
 
 import logging
 import os
-import socket
-import sys
 
 import pytest
 from yacs.config import CfgNode
 
 from configs import get_config
 from main import main
-from tests.helpers.processes import REPO, RUN_OPTS, run
+from tests.helpers.processes import REPO
 
 # The official release's Swin v1 config files (configs/swin/ there); each names one shipped config's model.
 OFFICIAL_V1 = [
@@ -65,16 +64,3 @@ def test_kernel_flags_are_said_to_have_no_effect(caplog):
         run_module._log_official_no_ops(get_config())
     assert [r.getMessage().split(" ")[0] for r in caplog.records] == ["FUSED_LAYERNORM"]
     assert "has no effect here" in caplog.records[0].getMessage()
-
-
-def test_the_official_launch_form_works(tmp_path):
-    """python -m torch.distributed.launch --nproc_per_node 2 --master_port P main.py ... (it passes --local-rank)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port", str(port),
-           "main.py", "--output", str(tmp_path), "--opts", *RUN_OPTS, "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0",
-           "DATA.SYNTHETIC_TRAIN_SIZE", "32"]
-    done = run(cmd)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert os.path.isfile(os.path.join(tmp_path, "swin_tiny_test", "t", "eval.json"))

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -132,12 +133,17 @@ def test_eval_without_weights_is_a_clear_error(tmp_path, caplog):
     assert "EVAL_MODE needs weights" in caplog.text
 
 
-def test_torchrun_two_processes(tmp_path):
+def test_two_processes_through_the_official_launcher_form(tmp_path):
+    """`python -m torch.distributed.launch --nproc_per_node 2 --master_port P main.py ...`, the official release's
+    command (it passes --local-rank; the other 2-process tests use torchrun): a 2-epoch run with accumulation."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     opts = TINY_SWIN + SHORT_RUN + ["OUTPUT", str(tmp_path), "TAG", "ddp", "DATA.BATCH_SIZE", "4",
                                     "TRAIN.ACCUMULATION_STEPS", "2", "DATA.SYNTHETIC_VAL_SIZE", "13"]
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port", str(port),
            os.path.join(REPO, "main.py"), "--opts", *opts]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
