@@ -219,15 +219,23 @@ def report_to_launcher(message: str) -> None:
         pass
 
 
-def defer_exit_under_torchrun() -> None:
-    """Wait PEER_GRACE_S before this failed rank exits, under torchrun. torchrun names the first worker it sees
-    exit with an error as the root cause and then stops the others, so a rank waits (and reports after the wait,
-    if it is still running) when its failure is most likely not the first: a collective that failed because
-    another rank died, or an error on a rank other than 0, which rank 0 most often hits alike (a config, a
-    checkpoint, a data set all ranks read): the job's error is then reported once, by the rank that failed first.
+_received_stop = 0  # the last stop signal a StopRequest of this process took (0: none)
+
+
+def defer_exit_under_torchrun() -> bool:
+    """Wait PEER_GRACE_S before this failed rank exits, under torchrun; returns whether it should still report its
+    error. torchrun names the first worker it sees exit with an error as the root cause and then stops the others
+    (SIGTERM), so a rank waits (and reports after the wait, if it is still running) when its failure is most likely
+    not the first: a collective that failed because another rank died, or an error on a rank other than 0, which
+    rank 0 most often hits alike (a config, a checkpoint, a data set all ranks read): the job's error is then
+    reported once, by the rank that failed first. A SIGTERM that came while the error unwound out of training was
+    taken as a stop request, not as the end it asks for: such a rank ends at once, without a report.
     """
-    if under_torchrun():
-        time.sleep(PEER_GRACE_S)
+    if not under_torchrun():
+        return True
+    if _received_stop != signal.SIGTERM:
+        time.sleep(PEER_GRACE_S)  # a SIGTERM now ends the process (the stop handlers are gone)
+    return _received_stop != signal.SIGTERM
 
 
 def signal_name(signum: int) -> str:
@@ -254,6 +262,8 @@ class StopRequest:
 
     def __init__(self, timeout_minutes: float = 30) -> None:
         self.received = 0  # number of the last stop signal this process got; 0: none
+        global _received_stop
+        _received_stop = 0
         self._first_interrupt = 0.0  # time.monotonic() of the first SIGINT
         self._previous: dict[int, Any] = {}
         self._shielded: list[Any] = []  # loaders whose workers ignore the stop signals
@@ -274,6 +284,8 @@ class StopRequest:
                     log.warning("Ctrl-C: stopping after this update and saving a checkpoint to resume from; "
                                 "press Ctrl-C again to abort without saving.")
         self.received = signum  # only a flag: the training loop acts on it after the current update
+        global _received_stop
+        _received_stop = signum
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is not threading.main_thread():

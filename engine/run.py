@@ -83,8 +83,9 @@ def run(cfg: CfgNode) -> int:
         return _run(cfg, setup_distributed(cfg.DEVICE, cfg.DIST_TIMEOUT))
     except USER_ERRORS as e:
         message = user_message(e)
-        if int(os.environ.get("RANK", 0)) != 0:
-            defer_exit_under_torchrun()  # rank 0 most often fails alike: its report is then the one
+        # rank 0 most often fails alike: its report is then the one
+        if int(os.environ.get("RANK", 0)) != 0 and not defer_exit_under_torchrun():
+            return 1
         log.error("%s", message)  # before logging is set up, Python's last-resort handler prints it to stderr
         report_to_launcher(message)
         return 1
@@ -96,7 +97,8 @@ def run(cfg: CfgNode) -> int:
         if message is None:
             report_to_launcher(f"{type(e).__name__}: {e}")
             raise
-        defer_exit_under_torchrun()  # the rank that failed first exits first
+        if not defer_exit_under_torchrun():  # the rank that failed first exits first and reports
+            return 1
         log.error("%s", message)
         return 1
     except Exception as e:

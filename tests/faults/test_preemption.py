@@ -155,6 +155,22 @@ def test_a_second_ctrl_c_aborts_and_an_echo_of_the_first_does_not(monkeypatch):
         stop._handle(signal.SIGINT, None)
 
 
+def test_a_rank_that_torchrun_ends_while_its_error_unwinds_exits_without_a_report(monkeypatch):
+    """torchrun ends the other ranks of a failed job with SIGTERM; one that comes while a rank's own (peer) error
+    still unwinds through the stop handler is taken as a stop request, so the rank must not then wait and report."""
+    from engine import distributed
+
+    slept = []
+    monkeypatch.setattr(distributed, "under_torchrun", lambda: True)
+    monkeypatch.setattr(distributed.time, "sleep", slept.append)
+    distributed.StopRequest()
+    assert distributed.defer_exit_under_torchrun() and slept == [distributed.PEER_GRACE_S]  # waits, then reports
+    distributed.StopRequest()._handle(signal.SIGTERM, None)
+    assert not distributed.defer_exit_under_torchrun() and len(slept) == 1  # ends at once, quietly
+    distributed.StopRequest()  # a new run starts clean
+    assert distributed.defer_exit_under_torchrun()
+
+
 def test_a_stop_during_evaluation_ends_it_early_saves_the_epoch_and_resumes_exactly(tmp_path, monkeypatch):
     """SIGTERM arrives while epoch 0 is being evaluated: evaluation stops after the batch in hand, epoch 0 is
     saved (not its evaluation), and the resumed run ends bitwise equal to an uninterrupted one."""
