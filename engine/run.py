@@ -85,6 +85,7 @@ def run(cfg: CfgNode) -> int:
         message = user_message(e)
         # rank 0 most often fails alike: its report is then the one
         if int(os.environ.get("RANK", 0)) != 0 and not defer_exit_under_torchrun():
+            report_to_launcher(message)  # ended by torchrun: its summary still holds this rank's error
             return 1
         log.error("%s", message)  # before logging is set up, Python's last-resort handler prints it to stderr
         report_to_launcher(message)
