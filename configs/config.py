@@ -212,6 +212,8 @@ def _validate(cfg: CN) -> None:
     if not 0.0 <= cfg.TEST.CROP_PCT <= 1.0:
         raise ConfigError(f"TEST.CROP_PCT is the center-crop fraction, in (0, 1] (0: the model's own), got "
                           f"{cfg.TEST.CROP_PCT}.")
+    if cfg.EVAL_FREQ < 0:
+        raise ConfigError(f"EVAL_FREQ must be >= 0 (evaluate every N epochs; 0: only after the last), got {cfg.EVAL_FREQ}.")
     if cfg.TRAIN.TIME_BUDGET < 0:
         raise ConfigError(f"TRAIN.TIME_BUDGET is in minutes and must be >= 0 (0: off), got {cfg.TRAIN.TIME_BUDGET}.")
     for node in ("SWIN", "SWINV2"):

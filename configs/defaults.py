@@ -169,6 +169,8 @@ _C.AMP_OPT_LEVEL = ""  # deprecated official apex key, must stay empty
 _C.OUTPUT = "output"  # root of run directories: <OUTPUT>/<MODEL.NAME>/<TAG>/
 _C.TAG = "default"  # run name inside <OUTPUT>/<MODEL.NAME>/
 _C.SAVE_FREQ = 1  # save a checkpoint every N epochs (and always at the end)
+_C.EVAL_FREQ = 1  # (new) evaluate every N epochs; always after the last, and after the first under TRAIN.TIME_BUDGET
+                 # (which measures it); 0: only those
 _C.PRINT_FREQ = 10  # log every N optimizer steps
 _C.SEED = 0  # random seed (each rank adds its rank)
 _C.EVAL_MODE = False  # evaluate only

@@ -185,17 +185,39 @@ def build_schedule(cfg: CfgNode, derived: Derived, updates_per_epoch: int, epoch
     raise ConfigError(f"TRAIN.LR_SCHEDULER.NAME {sched.NAME!r} is not supported; choose cosine, step or multistep.")
 
 
+def evaluations(first: int, count: int, every: int) -> int:
+    """How many of `count` epochs from epoch `first` end with an evaluation: every `every`-th epoch (EVAL_FREQ;
+    0: none of them) and the last."""
+    if count <= 0:
+        return 0
+    last = first + count - 1
+    if every <= 0:
+        return 1
+    periodic = (last + 1) // every - first // every
+    return periodic + (0 if (last + 1) % every == 0 else 1)
+
+
 def updates_within_budget(left_s: float, epoch_s: tuple[float, float], updates_per_epoch: int, epochs_done: int,
-                          epochs: tuple[int, int]) -> int:
+                          epochs: tuple[int, int], eval_every: int = 1) -> int:
     """The run's length in optimizer updates for a wall-clock budget (TRAIN.TIME_BUDGET) with `left_s` seconds
     left after `epochs_done` epochs, an epoch taking `epoch_s` = (train_s, eval_s) seconds of training and of
-    evaluation (as measured): the whole epochs that fit, then the updates of one more, shorter epoch that fit with
-    its evaluation (when that is at least a tenth of an epoch); `epochs` = (min_epochs, max_epochs): at least
-    warmup plus one epoch of decay, at most TRAIN.EPOCHS whole epochs."""
+    evaluation (as measured): the whole epochs that fit with their evaluations (every `eval_every`-th epoch and
+    the last, see `evaluations`), then the updates of one more, shorter epoch that fit with its evaluation (when
+    that is at least a tenth of an epoch); `epochs` = (min_epochs, max_epochs): at least warmup plus one epoch of
+    decay, at most TRAIN.EPOCHS whole epochs."""
     (train_s, eval_s), (min_epochs, max_epochs) = epoch_s, epochs
-    per_update = train_s / updates_per_epoch
-    whole = int(max(left_s, 0.0) // (train_s + eval_s)) if train_s + eval_s > 0 else max_epochs
-    rest = max(left_s, 0.0) - whole * (train_s + eval_s)
-    part = int((rest - eval_s) // per_update) if per_update > 0 and rest > eval_s else 0
-    updates = (epochs_done + whole) * updates_per_epoch + (part if part >= updates_per_epoch / 10 else 0)
+    left_s = max(left_s, 0.0)
+
+    def seconds(whole: int) -> float:  # `whole` more epochs, each with its evaluations
+        return whole * train_s + evaluations(epochs_done, whole, eval_every) * eval_s
+
+    whole = 0
+    while epochs_done + whole < max_epochs and seconds(whole + 1) <= left_s:
+        whole += 1
+    updates = (epochs_done + whole) * updates_per_epoch
+    if epochs_done + whole < max_epochs and train_s > 0:
+        per_update = train_s / updates_per_epoch
+        rest = left_s - whole * train_s - evaluations(epochs_done, whole + 1, eval_every) * eval_s
+        part = int(rest // per_update) if rest > 0 else 0
+        updates += part if part >= updates_per_epoch / 10 else 0
     return max(min(min_epochs, max_epochs) * updates_per_epoch, min(max_epochs * updates_per_epoch, updates))

@@ -2,9 +2,9 @@
 
 Works as one plain process (`python main.py ...`) and under torchrun unchanged. Training: build, resume
 (MODEL.RESUME or the newest loadable checkpoint in the run directory), then per epoch: reseed, train,
-evaluate (and the EMA), log, checkpoint; finally eval.json + report.md. Everything random in an epoch is a
-pure function of (SEED, rank, epoch), so a run resumed at an epoch boundary ends bitwise equal to an
-uninterrupted one (same device, processes and workers).
+evaluate (every EVAL_FREQ epochs and the last; the EMA too), log, checkpoint; finally eval.json + report.md.
+Everything random in an epoch is a pure function of (SEED, rank, epoch), so a run resumed at an epoch boundary
+ends bitwise equal to an uninterrupted one (same device, processes and workers).
 
 Preemption and Ctrl-C (SIGTERM, SIGUSR1 from SLURM's --signal, SIGINT): every rank finishes its current optimizer
 update, the ranks agree to stop after the same one, rank 0 saves ckpt_epoch_<N>_step_<S>.pth with the position
@@ -359,7 +359,7 @@ def _train_epochs(run: Run) -> int:
               if cfg.TRAIN.TIME_BUDGET > 0 and not run.progress.planned_updates else "")
     log.info("start training: epochs %d-%d%s, %d updates per epoch, total batch %d, lr %.3e",
              state.epoch, train.total_epochs - 1, budget, run.updates, derived.total_batch, derived.base_lr)
-    final: tuple[EvalResult, bool] | None = None
+    final: tuple[EvalResult | None, bool] | None = None
     epoch = state.epoch
     while epoch < train.total_epochs:  # TRAIN.TIME_BUDGET may lower total_epochs after the first epoch
         state.epoch = epoch
@@ -367,7 +367,7 @@ def _train_epochs(run: Run) -> int:
         if final is None:  # stopped by a signal; the checkpoint to resume from is written
             return 0
         epoch += 1
-    if final is None:  # resumed after the last epoch: nothing left to train, evaluate what was restored
+    if final is None or final[0] is None:  # resumed after the last epoch: evaluate what was restored
         use_ema = bool(cfg.TEST.USE_EMA and train.ema is not None)
         final = (_evaluate(run, train.ema.module if use_ema else run.raw, stoppable=False), use_ema)
     if run.info.is_main:
@@ -395,9 +395,10 @@ def _write_final_report(run: Run, result: EvalResult, used_ema: bool) -> None:
     report.write_eval_report(run.derived.run_dir, record)
 
 
-def _one_epoch(run: Run) -> tuple[EvalResult, bool] | None:
-    """Train, evaluate, record and checkpoint one epoch; returns the evaluation the report would use, or None
-    when a stop signal ended the run (after saving the checkpoint to resume from)."""
+def _one_epoch(run: Run) -> tuple[EvalResult | None, bool] | None:
+    """Train, evaluate (when `_evaluates`), record and checkpoint one epoch; returns the evaluation the report
+    would use and whether it is the EMA's ((None, False) for an epoch without evaluation), or None when a stop
+    signal ended the run (after saving the checkpoint to resume from)."""
     cfg, train, state, progress, loaders = run.cfg, run.train, run.state, run.progress, run.loaders
     epoch, resumed_at = state.epoch, state.epoch_batches
     # Train: each epoch's randomness is a pure function of (SEED, rank, epoch); resuming mid-epoch, the
@@ -411,23 +412,27 @@ def _one_epoch(run: Run) -> tuple[EvalResult, bool] | None:
         return _save_and_stop(run, stats.stop_signal)
     # Evaluate the weights, then the EMA; a stop signal ends either early.
     record = {"kind": "epoch", "epoch": epoch, "step": state.global_step, "train_loss": stats.loss}
-    reported = _evaluate_epoch(run, record)
-    if reported is None:
-        return _save_and_stop(run, train.stop(), evaluated=False)
+    planning = cfg.TRAIN.TIME_BUDGET > 0 and not progress.planned_updates
+    reported: tuple[EvalResult | None, bool] = (None, False)
+    if planning or _evaluates(run, epoch):
+        reported = _evaluate_epoch(run, record)
+        if reported is None:
+            return _save_and_stop(run, train.stop(), evaluated=False)
     record.update({"skipped": stats.skipped, "epoch_s": stats.seconds})
     # The run's length under TRAIN.TIME_BUDGET, fixed after the first epoch.
-    if cfg.TRAIN.TIME_BUDGET > 0 and not progress.planned_updates:
+    if planning:
         # a resumed epoch trained only part of its batches: scale its training time to the whole epoch
         train_s = stats.seconds * run.batches / max(run.batches - resumed_at, 1)
         _fit_to_budget(run, train_s, time.monotonic() - eval_start)
         record.update(planned_epochs=train.total_epochs, planned_updates=progress.planned_updates)
     # Record, then checkpoint (every SAVE_FREQ epochs, the last, the best, and before a stop).
     result = reported[0]
-    is_best = result.top1_acc > progress.max_accuracy or progress.best_epoch < 0
+    is_best = result is not None and (result.top1_acc > progress.max_accuracy or progress.best_epoch < 0)
     if is_best:
         progress.max_accuracy, progress.best_epoch = result.top1_acc, epoch
-    record["max_accuracy"] = progress.max_accuracy
-    log.info("Max accuracy: %.2f%% (epoch %d)", progress.max_accuracy, progress.best_epoch)
+    if result is not None:
+        record["max_accuracy"] = progress.max_accuracy
+        log.info("Max accuracy: %.2f%% (epoch %d)", progress.max_accuracy, progress.best_epoch)
     train.metrics.write(record)
     last = epoch == train.total_epochs - 1
     stop_signal = train.stop() if train.stop is not None and not last else 0  # a signal during evaluation
@@ -437,6 +442,13 @@ def _one_epoch(run: Run) -> tuple[EvalResult, bool] | None:
         _log_stop(run, stop_signal)
         return None
     return reported
+
+
+def _evaluates(run: Run, epoch: int) -> bool:
+    """Whether `epoch` ends with an evaluation: every EVAL_FREQ-th epoch and the last (the first, too, under
+    TRAIN.TIME_BUDGET, which measures it: see `_one_epoch`)."""
+    every = run.cfg.EVAL_FREQ
+    return epoch == run.train.total_epochs - 1 or (every > 0 and (epoch + 1) % every == 0)
 
 
 def _evaluate_epoch(run: Run, record: dict) -> tuple[EvalResult, bool] | None:
@@ -484,7 +496,7 @@ def _fit_to_budget(run: Run, train_s: float, eval_s: float) -> None:
     left = budget_s - (time.monotonic() - progress.started)
     min_epochs = max(math.ceil(cfg.TRAIN.WARMUP_EPOCHS), 1) + 1
     updates = broadcast_object(updates_within_budget(left, (train_s, eval_s), run.updates, run.state.epoch + 1,
-                                                     (min_epochs, cfg.TRAIN.EPOCHS)))
+                                                     (min_epochs, cfg.TRAIN.EPOCHS), cfg.EVAL_FREQ))
     progress.planned_updates = updates
     _set_length(run, updates)
     whole, part = divmod(updates, run.updates)

@@ -11,7 +11,7 @@ import torch
 
 import engine
 from configs import ConfigError, derive, get_config
-from engine.optim import build_schedule, updates_within_budget
+from engine.optim import build_schedule, evaluations, updates_within_budget
 from tests.helpers.engine import SHORT_RUN, TINY_SWIN
 from tests.helpers.processes import records
 
@@ -30,6 +30,53 @@ def test_updates_within_budget():
     assert updates_within_budget(-50, (30, 5), 10, 1, (2, 20)) == 20  # over budget: warmup plus one epoch of decay
     assert updates_within_budget(-50, (30, 5), 10, 1, (2, 1)) == 10
     assert updates_within_budget(100, (0, 0), 10, 1, (2, 20)) == 200
+
+
+def test_evaluations_count_every_nth_epoch_and_the_last():
+    def brute(first, count, every):
+        last = first + count - 1
+        return sum(1 for e in range(first, first + count) if e == last or (every > 0 and (e + 1) % every == 0))
+
+    for first in range(0, 7):
+        for count in range(0, 9):
+            for every in range(0, 5):
+                assert evaluations(first, count, every) == brute(first, count, every), (first, count, every)
+
+
+def test_the_plan_counts_only_the_evaluations_that_run():
+    # EVAL_FREQ 1 is the plan above; 0: one evaluation at the end, whatever the length
+    assert updates_within_budget(100, (30, 5), 10, 1, (2, 20), 1) == 38
+    assert updates_within_budget(100, (30, 5), 10, 1, (2, 20), 0) == 41  # 95 s for 30 updates + 1 evaluation
+    assert updates_within_budget(95, (30, 5), 10, 1, (2, 20), 0) == 40
+    assert updates_within_budget(94.5, (30, 5), 10, 1, (2, 20), 0) == 39  # 3 epochs with it don't fit, 9 updates do
+    # 2: epochs 1 (1 + 1 = 2 evaluates) and 3 of the next three: 3 x 30 + 2 x 5 = 100
+    assert updates_within_budget(100, (30, 5), 10, 1, (2, 20), 2) == 40
+    assert updates_within_budget(99, (30, 5), 10, 1, (2, 20), 2) == 39  # 2 epochs + 9 updates + 2 evaluations
+
+
+def test_eval_freq_rejects_negative():
+    with pytest.raises(ConfigError, match="EVAL_FREQ must be >= 0"):
+        get_config(None, ["EVAL_FREQ", "-1"])
+
+
+@pytest.mark.parametrize("every, evaluated", [("0", [3]), ("2", [1, 3])])
+def test_eval_freq_evaluates_every_nth_epoch_and_the_last(tmp_path, every, evaluated):
+    run_dir = _run(tmp_path, "EVAL_FREQ", every, "TRAIN.EPOCHS", "4")
+    epochs = records(run_dir, "epoch")
+    assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in epochs if "top1_acc" in r] == evaluated
+    assert all(("max_accuracy" in r) == ("top1_acc" in r) for r in epochs)
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        report = json.load(f)
+    assert report["top1_acc"] == epochs[-1]["top1_acc"]
+    assert report["max_accuracy"] == max(r["top1_acc"] for r in epochs if "top1_acc" in r)
+
+
+def test_under_a_budget_the_first_epoch_evaluates_even_with_eval_freq_0(tmp_path):
+    run_dir = _run(tmp_path, "EVAL_FREQ", "0", "TRAIN.TIME_BUDGET", "1000", "TRAIN.EPOCHS", "3")
+    epochs = records(run_dir, "epoch")
+    assert [r["epoch"] for r in epochs if "top1_acc" in r] == [0, 2]
+    assert epochs[0]["planned_epochs"] == 3
 
 
 def test_budget_rejects_negative_minutes():
