@@ -40,6 +40,7 @@ from engine.distributed import (DistInfo, StopRequest, average_batchnorm_statist
                                 signal_name)
 from engine.ema import build_ema
 from engine.evaluate import EvalResult, evaluate
+from engine.host import keep_freed_memory
 from engine.logging_utils import FILE_ONLY, MetricsWriter, close_logging, setup_logging
 from engine.optim import build_optimizer, build_schedule, steps_per_epoch, updates_within_budget
 from engine.rng import epoch_seed, gather_rng_states, seed_everything
@@ -131,6 +132,8 @@ def _run(cfg: CfgNode, info: DistInfo) -> int:
         log.info("input of %s as its pretrained config gives: %s", cfg.MODEL.NAME,
                  ", ".join(f"{k} {v}" for k, v in own_input.items()))
     _choose_kernels(cfg, info.device)
+    if info.device.type == "cpu" and (kept := keep_freed_memory()) and info.is_main:
+        log.info("%s: a CPU step frees and allocates its activations every update", kept)
     amp = resolve_amp(cfg, info.device)
     inference_only = bool(cfg.EVAL_MODE or cfg.THROUGHPUT_MODE)
     loaders = data.build_loaders(cfg, info.rank, info.world_size, info.device, eval_only=inference_only)
